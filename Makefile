@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make html` builds the book, `make test` runs every test.
+# Each creates .venv when it is missing and installs what it needs (editable), then runs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# Versions the book and the tests were last checked with; see .ci/constraints.txt.
+CONSTRAINTS := .ci/constraints.txt
+SPHINXOPTS  ?=
+BUILDDIR    := docs/_build
+
+.PHONY: help html test bench clean distclean
+
+help:
+	@echo "make html   build the book into $(BUILDDIR)/html (open $(BUILDDIR)/html/index.html)"
+	@echo "make test   run every test, including a strict build of the book"
+	@echo "make clean  remove build outputs;  make distclean  also remove $(VENV)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# The stamp records which extras are installed; pyproject.toml changes re-install.
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[docs,test]"
+	touch $@
+
+html: $(VENV)/.installed
+	$(BIN)/sphinx-build -W --keep-going -n -b html docs $(BUILDDIR)/html $(SPHINXOPTS)
+	@echo "The book is at $(BUILDDIR)/html/index.html"
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(BUILDDIR) .pytest_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,410 @@
+"""The batch normalization layer with the course notebook's interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import _kernels
+from .graph import BackwardSteps, ForwardSteps, staged_backward, staged_forward
+
+__all__ = ["BatchNormalization", "LayerStateError"]
+
+Array = NDArray[np.floating]
+
+
+class LayerStateError(ValueError, RuntimeError):
+    """A call came at a time the layer cannot serve it (for example ``backward``
+    before any training ``forward``). Subclasses both ``ValueError`` and
+    ``RuntimeError``."""
+
+
+@dataclass(frozen=True)
+class _TrainingCache:
+    """What the last training forward leaves for ``backward``."""
+
+    x: Array  # the input, in the compute dtype (not a copy when already float)
+    mean: NDArray[np.float64]  # (C,)
+    var: NDArray[np.float64]  # (C,), biased
+    inv_std: NDArray[np.float64]  # (C,), 1 / sqrt(var + epsilon)
+    steps: Optional[ForwardSteps]  # the staged graph's nodes, in staged mode
+
+
+def _describe(a: np.ndarray) -> str:
+    return f"an array of shape {a.shape} and dtype {a.dtype}"
+
+
+def _as_data(value: ArrayLike, name: str) -> Array:
+    """``value`` as a 2-D or 4-D float array; integers become float64."""
+    a = np.asarray(value)
+    if a.dtype.kind in "iu":
+        a = a.astype(np.float64)
+    elif a.dtype == np.float16:
+        a = a.astype(np.float32)
+    elif a.dtype not in (np.float32, np.float64):
+        raise TypeError(
+            f"{name} must hold real numbers (float32, float64, float16 or integers); "
+            f"got {_describe(a)}"
+        )
+    if a.ndim not in (2, 4):
+        raise ValueError(
+            f"{name} must be 2-D (N, D) or 4-D (N, C, H, W); got {a.ndim}-D, shape {a.shape}"
+        )
+    return a
+
+
+def _as_channel_vector(value: object, name: str, channels: Optional[int]) -> NDArray[np.float64]:
+    a = np.asarray(value)
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a 1-D array of real numbers; got {_describe(a)}")
+    if a.ndim != 1 or (channels is not None and a.shape[0] != channels):
+        want = "a 1-D array" if channels is None else f"shape ({channels},)"
+        raise ValueError(f"{name} must have {want}; got shape {a.shape}")
+    return a.astype(np.float64)
+
+
+def _check_out(out: object, like: Array, name: str, *avoid: Array) -> Array:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}")
+    if out.shape != like.shape or out.dtype != like.dtype or not out.flags.c_contiguous:
+        raise ValueError(
+            f"{name} must be a C-contiguous array of shape {like.shape} and dtype "
+            f"{like.dtype}; got {_describe(out)}"
+            + ("" if out.flags.c_contiguous else " that is not C-contiguous")
+        )
+    if any(np.may_share_memory(out, a) for a in avoid):
+        raise ValueError(f"{name} must not share memory with the layer's inputs")
+    return out
+
+
+def _as_3d(a: Array) -> Array:
+    """(N, D) -> (N, D, 1) and (N, C, H, W) -> (N, C, H*W): channels on axis 1."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+class BatchNormalization:
+    """Batch normalization layer (Ioffe & Szegedy, 2015) with the seed's interface.
+
+    Training: each channel is standardised with the batch's mean and (biased)
+    variance, then scaled by ``gamma`` and shifted by ``beta``::
+
+        out = gamma * (x - mu) / sqrt(var + epsilon) + beta
+
+    and the moving averages used for prediction are updated as
+    ``moving = rho * moving + (1 - rho) * batch_statistic``.
+
+    Parameters
+    ----------
+    gamma, beta : array_like, shape (C,)
+        Scale and shift, one per channel (the ``D`` columns of a 2-D input or
+        the ``C`` channels of a 4-D input). Read at every call, so an optimiser
+        may update them in place or rebind them.
+    rho : float, default 0.9
+        Weight of the *old* moving statistic (PyTorch's ``momentum`` is
+        ``1 - rho``).
+    moving_mean, moving_var : array_like, shape (C,), optional
+        Starting moving statistics. When ``None`` they start at zeros on the
+        first training call, as in the seed.
+    epsilon : float, default 1e-8
+        Added to the variance before the square root (the seed's value).
+    staged : bool, default False
+        When True, the training forward and the backward run the seed's
+        computational graph node by node (:mod:`bnlit.graph`) and keep every
+        intermediate in :attr:`forward_steps` and :attr:`backward_steps`.
+        When False (the default) they run the closed-form, streaming path.
+
+    Attributes
+    ----------
+    gamma, beta, rho, moving_mean, moving_var, epsilon
+        As above; ``moving_mean`` and ``moving_var`` are float64 arrays once set.
+    dgamma, dbeta : ndarray, shape (C,)
+        Parameter gradients of the last ``backward``.
+    batch_size : int
+        Number of values each channel's statistics were taken over in the last
+        training forward: ``N`` for 2-D input, ``N * H * W`` for 4-D input (as
+        the seed's reshape to ``(N*H*W, C)`` gives).
+    x_mu, x_std, std
+        The seed's intermediates of the last training forward: centred input,
+        standardised input (both shaped like the input) and the per-channel
+        ``sqrt(var + epsilon)``.
+
+    Notes
+    -----
+    4-D statistics are per channel over N, H and W, as in the seed's NHWC
+    reshape and in PyTorch's ``BatchNorm2d``. The layer keeps a reference to the
+    last training input for ``backward`` (as frameworks keep saved tensors):
+    do not modify that array in place before calling ``backward``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnlit import BatchNormalization
+    >>> bn = BatchNormalization(np.ones(3), np.zeros(3))
+    >>> x = np.array([[1., 2., 3.], [2., 3., 2.], [3., 4., 4.], [4., 1., 2.]])
+    >>> out = bn.forward(x)
+    >>> np.round(out.mean(axis=0), 12) + 0.0, np.round(out.std(axis=0), 6)
+    (array([0., 0., 0.]), array([1., 1., 1.]))
+    """
+
+    def __init__(
+        self,
+        gamma: ArrayLike,
+        beta: ArrayLike,
+        rho: float = 0.9,
+        moving_mean: Optional[ArrayLike] = None,
+        moving_var: Optional[ArrayLike] = None,
+        *,
+        epsilon: float = 1e-8,
+        staged: bool = False,
+    ) -> None:
+        gamma_v = _as_channel_vector(gamma, "gamma", None)
+        _as_channel_vector(beta, "beta", gamma_v.shape[0])
+        if not 0.0 <= float(rho) <= 1.0:
+            raise ValueError(f"rho must lie in [0, 1]; got {rho!r}")
+        if not float(epsilon) > 0.0:
+            raise ValueError(f"epsilon must be positive; got {epsilon!r}")
+        channels = gamma_v.shape[0]
+        self.gamma = gamma
+        self.beta = beta
+        self.rho = float(rho)
+        self.epsilon = float(epsilon)
+        self.staged = bool(staged)
+        self.moving_mean: Optional[NDArray[np.float64]] = (
+            None if moving_mean is None else _as_channel_vector(moving_mean, "moving_mean", channels)
+        )
+        self.moving_var: Optional[NDArray[np.float64]] = (
+            None if moving_var is None else _as_channel_vector(moving_var, "moving_var", channels)
+        )
+        if self.moving_var is not None and np.any(self.moving_var < 0):
+            raise ValueError("moving_var must be non-negative")
+        self.batch_size: Optional[int] = None
+        self.dgamma: Optional[Array] = None
+        self.dbeta: Optional[Array] = None
+        self.backward_steps: Optional[BackwardSteps] = None
+        self._cache: Optional[_TrainingCache] = None
+
+    # ------------------------------------------------------------------ checks
+    def _params(self, channels: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """gamma and beta as float64 vectors, checked against the data's channels."""
+        try:
+            gamma = _as_channel_vector(self.gamma, "gamma", channels)
+            beta = _as_channel_vector(self.beta, "beta", channels)
+        except ValueError as err:
+            raise ValueError(
+                f"the input has {channels} channels (axis 1), which gamma and beta must match: {err}"
+            ) from None
+        if not 0.0 <= self.rho <= 1.0:
+            raise ValueError(f"rho must lie in [0, 1]; got {self.rho!r}")
+        return gamma, beta
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: ArrayLike, train_flg: bool = True, *, out: Optional[Array] = None) -> Array:
+        """Normalise a batch.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, D) or (N, C, H, W)
+            Input batch. Integer input is computed in float64, float16 in
+            float32; float32 and float64 keep their dtype. ``x`` is not modified.
+        train_flg : bool, default True
+            True: use the batch's statistics and update the moving averages.
+            False (prediction): use the moving averages, which must exist.
+        out : ndarray, optional
+            C-contiguous array of the input's shape and compute dtype to write
+            the result into (to reuse a buffer). By default a fresh array.
+
+        Returns
+        -------
+        ndarray
+            The normalised batch, shaped like ``x``.
+
+        Raises
+        ------
+        TypeError
+            ``x`` is not real-valued numeric data.
+        ValueError
+            ``x`` is not 2-D or 4-D, its channel count differs from ``gamma``'s,
+            a channel has fewer than 2 values in training, or ``out`` is unfit.
+        LayerStateError
+            Prediction before any moving statistics exist.
+        """
+        data = _as_data(x, "x")
+        channels = data.shape[1]
+        gamma, beta = self._params(channels)
+        if out is None:
+            out = np.empty(data.shape, dtype=data.dtype)
+        else:
+            _check_out(out, data, "out", *((data,) if train_flg else ()))
+        if train_flg:
+            self._train_forward(data, gamma, beta, out)
+        else:
+            self._predict_forward(data, gamma, beta, out)
+        return out
+
+    def _train_forward(self, x: Array, gamma: NDArray[np.float64], beta: NDArray[np.float64], out: Array) -> None:
+        channels = x.shape[1]
+        per_channel = x.size // channels if channels else 0
+        if per_channel < 2:
+            raise ValueError(
+                "training needs at least 2 values per channel to estimate a variance; "
+                f"got {per_channel} for input shape {x.shape}"
+            )
+        for name, moving in (("moving_mean", self.moving_mean), ("moving_var", self.moving_var)):
+            if moving is not None:
+                _as_channel_vector(moving, name, channels)
+        steps = None
+        if self.staged:
+            steps = staged_forward(x, gamma, beta, self.epsilon)
+            mean = steps.mu.reshape(-1).astype(np.float64)
+            var = steps.var.reshape(-1).astype(np.float64)
+            out[...] = steps.out
+        else:
+            mean, var = _kernels.channel_stats(_as_3d(x))
+        inv_std = 1.0 / np.sqrt(var + self.epsilon)
+        if not self.staged:
+            _kernels.normalize(_as_3d(x), mean, gamma * inv_std, beta, _as_3d(out))
+        # Everything is computed: only now does the layer's state change.
+        old_mean = np.zeros(channels) if self.moving_mean is None else self.moving_mean
+        old_var = np.zeros(channels) if self.moving_var is None else self.moving_var
+        self.moving_mean = self.rho * np.asarray(old_mean, np.float64) + (1 - self.rho) * mean
+        self.moving_var = self.rho * np.asarray(old_var, np.float64) + (1 - self.rho) * var
+        self.batch_size = per_channel
+        self._cache = _TrainingCache(x, mean, var, inv_std, steps)
+        self.backward_steps = None
+
+    def _predict_forward(self, x: Array, gamma: NDArray[np.float64], beta: NDArray[np.float64], out: Array) -> None:
+        if self.moving_mean is None or self.moving_var is None:
+            raise LayerStateError(
+                "prediction (train_flg=False) needs moving statistics, and there are none yet: "
+                "run a training forward first or pass moving_mean and moving_var"
+            )
+        channels = x.shape[1]
+        mean = _as_channel_vector(self.moving_mean, "moving_mean", channels)
+        var = _as_channel_vector(self.moving_var, "moving_var", channels)
+        inv_std = 1.0 / np.sqrt(var + self.epsilon)
+        _kernels.normalize(_as_3d(x), mean, gamma * inv_std, beta, _as_3d(out))
+
+    # ---------------------------------------------------------------- backward
+    def backward(self, dout: ArrayLike, *, out: Optional[Array] = None) -> Array:
+        """Gradient of the loss with respect to the last training input.
+
+        Also sets :attr:`dgamma` and :attr:`dbeta`.
+
+        Parameters
+        ----------
+        dout : array_like
+            Gradient with respect to the output of the last *training*
+            ``forward``, of the same shape.
+        out : ndarray, optional
+            C-contiguous array of that shape and compute dtype to write ``dx``
+            into. By default a fresh array.
+
+        Returns
+        -------
+        ndarray
+            ``dx``, shaped like the input, computed in closed form::
+
+                dx = gamma / (N * std) * (N * dout - sum(dout) - x_std * sum(dout * x_std))
+
+            or, with ``staged=True``, through the nine steps a1 .. a9.
+
+        Raises
+        ------
+        LayerStateError
+            No training forward has run yet.
+        TypeError, ValueError
+            ``dout`` is not real numeric data or its shape is not that of the
+            last training input; ``out`` is unfit.
+        """
+        cache = self._cache
+        if cache is None:
+            raise LayerStateError(
+                "backward needs a training forward first (forward(x, train_flg=True)); none has run"
+            )
+        grad = np.asarray(dout)
+        if grad.dtype.kind not in "iuf":
+            raise TypeError(f"dout must hold real numbers; got {_describe(grad)}")
+        if grad.shape != cache.x.shape:
+            raise ValueError(
+                f"dout must have the shape of the last training input, {cache.x.shape}; "
+                f"got shape {grad.shape}"
+            )
+        x = cache.x
+        grad = grad.astype(x.dtype, copy=False)
+        gamma, _ = self._params(x.shape[1])
+        if out is None:
+            out = np.empty(x.shape, dtype=x.dtype)
+        else:
+            _check_out(out, x, "out", x, grad)
+
+        if cache.steps is not None:
+            steps = staged_backward(cache.steps, grad)
+            out[...] = steps.grad_x
+            self.backward_steps = steps
+            self.dgamma, self.dbeta = steps.dgamma, steps.dbeta
+            return out
+
+        n = self.batch_size
+        assert n is not None
+        x3, d3 = _as_3d(x), _as_3d(grad)
+        sum_dout, sum_dout_xmu = _kernels.backward_sums(x3, d3, cache.mean)
+        inv_std = cache.inv_std
+        # dx = a * dout + b * (x - mean) + c: the closed form, per channel.
+        a = gamma * inv_std
+        b = -gamma * inv_std**3 * sum_dout_xmu / n
+        c = -gamma * inv_std * sum_dout / n
+        _kernels.input_grad(x3, d3, cache.mean, a, b, c, _as_3d(out))
+        self.dgamma = (inv_std * sum_dout_xmu).astype(x.dtype)
+        self.dbeta = sum_dout.astype(x.dtype)
+        return out
+
+    # ------------------------------------------- the seed's cached intermediates
+    def _reshaped(self, v: NDArray[np.float64]) -> Array:
+        assert self._cache is not None
+        shape = [1] * self._cache.x.ndim
+        shape[1] = -1
+        return v.astype(self._cache.x.dtype).reshape(shape)
+
+    @property
+    def x_mu(self) -> Optional[Array]:
+        """Centred input ``x - mu`` of the last training forward (input's layout)."""
+        c = self._cache
+        if c is None:
+            return None
+        if c.steps is not None:
+            return c.steps.x_mu
+        return c.x - self._reshaped(c.mean)
+
+    @property
+    def x_std(self) -> Optional[Array]:
+        """Standardised input ``(x - mu) / std`` of the last training forward."""
+        c = self._cache
+        if c is None:
+            return None
+        if c.steps is not None:
+            return c.steps.x_std
+        return (c.x - self._reshaped(c.mean)) * self._reshaped(c.inv_std)
+
+    @property
+    def std(self) -> Optional[NDArray[np.float64]]:
+        """Per-channel ``sqrt(var + epsilon)`` of the last training forward, shape (C,)."""
+        c = self._cache
+        return None if c is None else 1.0 / c.inv_std
+
+    @property
+    def mean(self) -> Optional[NDArray[np.float64]]:
+        """Per-channel batch mean ``mu`` of the last training forward, shape (C,)."""
+        return None if self._cache is None else self._cache.mean
+
+    @property
+    def var(self) -> Optional[NDArray[np.float64]]:
+        """Per-channel biased batch variance of the last training forward, shape (C,)."""
+        return None if self._cache is None else self._cache.var
+
+    @property
+    def forward_steps(self) -> Optional[ForwardSteps]:
+        """Every node of the last training forward, when ``staged=True``."""
+        return None if self._cache is None else self._cache.steps
