@@ -26,8 +26,11 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[docs,test]"
 	touch $@
 
+# A failed build forgets what it read (the doctrees), so that the next build
+# reports the same warnings again instead of passing on unchanged pages.
 html: $(VENV)/.installed
-	$(BIN)/sphinx-build -W --keep-going -n -b html docs $(BUILDDIR)/html $(SPHINXOPTS)
+	$(BIN)/sphinx-build -W --keep-going -b html -d $(BUILDDIR)/doctrees docs $(BUILDDIR)/html $(SPHINXOPTS) \
+		|| { rm -rf $(BUILDDIR)/doctrees; exit 1; }
 	@echo "The book is at $(BUILDDIR)/html/index.html"
 
 test: $(VENV)/.installed

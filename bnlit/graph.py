@@ -27,7 +27,7 @@ the number of values each channel's statistics are taken over. Per-channel
 quantities keep those axes with length one, so that they broadcast against
 ``x``: shape ``(1, D)`` for 2-D input and ``(1, C, 1, 1)`` for 4-D input.
 
-The closed-form backward in :mod:`bnlit.layer` collapses these steps into one
+The closed-form backward of :class:`bnlit.BatchNormalization` collapses these steps into one
 formula; the tests and the book check that both agree.
 """
 

@@ -112,8 +112,9 @@ class BatchNormalization:
         Added to the variance before the square root (the seed's value).
     staged : bool, default False
         When True, the training forward and the backward run the seed's
-        computational graph node by node (:mod:`bnlit.graph`) and keep every
-        intermediate in :attr:`forward_steps` and :attr:`backward_steps`.
+        computational graph node by node (:func:`bnlit.staged_forward`,
+        :func:`bnlit.staged_backward`) and keep every
+        intermediate in ``forward_steps`` and ``backward_steps``.
         When False (the default) they run the closed-form, streaming path.
 
     Attributes
@@ -291,7 +292,7 @@ class BatchNormalization:
     def backward(self, dout: ArrayLike, *, out: Optional[Array] = None) -> Array:
         """Gradient of the loss with respect to the last training input.
 
-        Also sets :attr:`dgamma` and :attr:`dbeta`.
+        Also sets ``dgamma`` and ``dbeta``.
 
         Parameters
         ----------
