@@ -15,6 +15,7 @@ BUILDDIR    := docs/_build
 help:
 	@echo "make html   build the book into $(BUILDDIR)/html (open $(BUILDDIR)/html/index.html)"
 	@echo "make test   run every test, including a strict build of the book"
+	@echo "make bench  time bnlit against PyTorch (if installed); saves docs/data/benchmark.json"
 	@echo "make clean  remove build outputs;  make distclean  also remove $(VENV)"
 
 $(BIN)/python:
@@ -35,6 +36,10 @@ html: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
+
+# A benchmark, not a test: prints a table and saves it for the book's "How fast" page.
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench.py --save docs/data/benchmark.json
 
 clean:
 	rm -rf $(BUILDDIR) .pytest_cache .hypothesis build dist *.egg-info

@@ -2,16 +2,29 @@
 
 Every kernel works on a ``(N, C, S)`` view of the data: channels on axis 1 and
 everything a channel's statistics run over on axes 0 and 2 (``S = H * W`` for
-4-D input, ``S = 1`` for 2-D input). The batch axis is walked in blocks of about
-``BLOCK_BYTES`` so that each block's temporaries stay in cache and the full-size
-arrays are read from memory only once per pass; no full-size temporary is made.
+4-D input, ``S = 1`` for 2-D input). The data is walked in blocks of about
+``BLOCK_BYTES`` (whole rows of the batch axis when they fit, else groups of
+channels of one row), so that each block's temporaries stay in the core's
+cache and the full-size arrays are read from memory once per pass. No
+full-size temporary is ever made.
 
-Per-channel results are float64, whatever the data's dtype.
+Sums inside a block run in the data's dtype (NumPy sums a contiguous run
+pairwise); blocks are merged in float64, so float32 data keeps float32 speed
+with close to float64 accuracy. Per-channel results are float64.
+
+Inputs of at most ``SMALL_BYTES`` take a plain path instead: whole-array
+operations in float64, keeping the centred input for the backward pass. There
+the cost is the number of NumPy calls, not memory traffic.
+
+The layer calls :func:`train_forward`, :func:`predict_forward` and
+:func:`backward`; the rest are their parts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,23 +32,41 @@ from numpy.typing import NDArray
 F64 = NDArray[np.float64]
 Array = NDArray[np.floating]
 
-#: Bytes of one block of the batch axis: small enough for a core's L2 cache.
+#: Bytes of one block: small enough to stay in a core's L2 cache.
 BLOCK_BYTES = 1 << 20
+#: Most values of one channel summed in the data's dtype before a float64 merge,
+#: and most rows: NumPy sums across rows one by one (not pairwise), so rounding
+#: grows with their number.
+MAX_BLOCK_VALUES = 4096
+MAX_BLOCK_ROWS = 256
+#: Below this many bytes everything fits in cache at once: per-call overhead
+#: dominates, so per-channel constants stay ``(C, 1)`` columns.
+SMALL_BYTES = 1 << 18
+#: How many spreads from zero a channel's mean may lie for the shorter formulas.
+CENTRED_RATIO = 8.0
+
+Block = tuple[slice, slice]  # (rows of the batch axis, channels)
 
 
-def _row_blocks(x3: Array) -> Iterator[slice]:
-    """Slices of axis 0 whose blocks hold about ``BLOCK_BYTES`` each."""
-    n = x3.shape[0]
-    row_bytes = max(1, x3[:1].nbytes)
-    step = max(1, BLOCK_BYTES // row_bytes)
-    for start in range(0, n, step):
-        yield slice(start, min(start + step, n))
+def _blocks(x3: Array) -> Iterator[Block]:
+    """Cache-sized blocks of ``x3`` that together cover it once."""
+    n, channels, s = x3.shape
+    row_bytes = channels * s * x3.itemsize
+    if row_bytes <= BLOCK_BYTES:
+        rows = max(1, min(BLOCK_BYTES // max(row_bytes, 1), MAX_BLOCK_VALUES // s, MAX_BLOCK_ROWS))
+        for start in range(0, n, rows):
+            yield slice(start, min(start + rows, n)), slice(None)
+    else:  # one row is larger than a block: split it by channels
+        per = max(1, BLOCK_BYTES // (s * x3.itemsize))
+        for row in range(n):
+            for c in range(0, channels, per):
+                yield slice(row, row + 1), slice(c, min(c + per, channels))
 
 
 def _scratch(x3: Array) -> Array:
-    """One block-sized buffer, reused by every block of a pass."""
-    step = max(1, BLOCK_BYTES // max(1, x3[:1].nbytes))
-    return np.empty((min(step, x3.shape[0]),) + x3.shape[1:], dtype=x3.dtype)
+    """One buffer as large as the largest block, reused by every block of a pass."""
+    rows, chans = next(_blocks(x3))
+    return np.empty_like(x3[rows, chans])
 
 
 def _col(v: NDArray[np.floating], dtype: np.dtype) -> Array:
@@ -43,90 +74,238 @@ def _col(v: NDArray[np.floating], dtype: np.dtype) -> Array:
     return np.asarray(v, dtype=dtype).reshape(-1, 1)
 
 
-def _split(mean: F64, dtype: np.dtype) -> tuple[Array, F64]:
-    """``mean`` as ``hi + lo``: ``hi`` in the data's dtype, ``lo`` the float64 rest.
+def _per_channel(v: NDArray[np.floating], x3: Array) -> Array:
+    """A per-channel vector spread over one row, shape ``(C, S)``, in the data's dtype.
+
+    NumPy's fast (SIMD) loops handle a contiguous operand or a scalar, but not a
+    ``(C, 1)`` column broadcast along ``S`` (about 3x slower measured); a full
+    row of the constant costs ``C * S`` values once per call and keeps every
+    operation on a block contiguous.
+    """
+    col = _col(v, x3.dtype)
+    if x3.shape[2] == 1 or x3.nbytes <= SMALL_BYTES:
+        return col
+    return np.repeat(col, x3.shape[2], axis=1)
+
+
+def _split(mean: F64, x3: Array) -> tuple[Array, F64]:
+    """``mean`` as ``hi + lo``: ``hi`` in the data's dtype (spread over a row), ``lo``
+    the float64 rest.
 
     ``x - hi`` is exact for ``x`` near ``hi`` (Sterbenz), so ``(x - hi) - lo``
     keeps float32 data with a large mean and a small spread accurate; ``lo``
     is folded into per-channel constants.
     """
-    hi = _col(mean, dtype)
-    return hi, mean - hi[:, 0].astype(np.float64)
+    hi = _col(mean, x3.dtype)
+    return _per_channel(hi[:, 0], x3), mean - hi[:, 0].astype(np.float64)
 
 
 def _channel_sum(a: Array) -> F64:
-    return a.sum(axis=(0, 2), dtype=np.float64)
+    return a.sum(axis=(0, 2)).astype(np.float64)
 
 
 def _channel_dot(a: Array, b: Array) -> F64:
-    return np.einsum("ncs,ncs->c", a, b, dtype=np.float64)
+    return np.einsum("ncs,ncs->c", a, b).astype(np.float64)
 
 
 def channel_stats(x3: Array) -> tuple[F64, F64]:
-    """Per-channel mean and biased variance in one streaming pass over ``x3``.
+    """Per-channel mean and biased variance, reading ``x3`` from memory once.
 
-    Each block is centred on its own mean (a two-pass variance inside the cache)
-    and the blocks are merged with Chan et al.'s pairwise update, so the result
-    never suffers the cancellation of ``E[x^2] - E[x]^2``.
+    The sums run over ``x - shift``, with ``shift`` the mean of the first block
+    (the "shifted data" algorithm): exact enough while the shift lies within a
+    spread of the true mean, which a sample of a whole block all but guarantees.
+    Should the data drift so far that it does not, the statistics are computed
+    again block by block (:func:`channel_stats_blockwise`). Never
+    ``E[x^2] - E[x]^2`` on raw data.
     """
     channels, s = x3.shape[1], x3.shape[2]
-    count = 0
+    rows, chans = next(_blocks(x3))
+    first = x3[rows, chans]
+    first_mean = _channel_sum(first) / (first.shape[0] * s)
+    if first.shape[1] != channels:  # blocks split channels: fall back to the general path
+        return channel_stats_blockwise(x3)
+    shift_hi = _per_channel(first_mean, x3)
+    s1 = np.zeros(channels)
+    s2 = np.zeros(channels)
+    scratch = _scratch(x3)
+    for rows, chans in _blocks(x3):
+        block = x3[rows, chans]
+        centred = np.subtract(block, shift_hi, out=scratch[: block.shape[0]])
+        s1 += _channel_sum(centred)
+        s2 += _channel_dot(centred, centred)
+    count = x3.shape[0] * s
+    offset = s1 / count  # mean - shift_hi
+    m2 = s2 - s1 * offset
+    if np.any(offset * offset > m2 / count):
+        return channel_stats_blockwise(x3)
+    return shift_hi[:, 0].astype(np.float64) + offset, np.maximum(m2, 0.0) / count
+
+
+def channel_stats_blockwise(x3: Array) -> tuple[F64, F64]:
+    """Per-channel mean and biased variance, robust to any drift along the batch.
+
+    Each block is centred on its own mean (a two-pass variance inside the cache)
+    and the blocks are merged with Chan et al.'s pairwise update.
+    """
+    channels, s = x3.shape[1], x3.shape[2]
+    count = np.zeros(channels)
     mean = np.zeros(channels)
     m2 = np.zeros(channels)
     scratch = _scratch(x3)
-    for rows in _row_blocks(x3):
-        block = x3[rows]
+    for rows, chans in _blocks(x3):
+        block = x3[rows, chans]
         n_block = block.shape[0] * s
         shift = _col(_channel_sum(block) / n_block, x3.dtype)
-        centred = np.subtract(block, shift, out=scratch[: block.shape[0]])
+        centred = np.subtract(block, shift, out=scratch[: block.shape[0], : block.shape[1]])
         # Exact moments about the (rounded) shift, corrected to the block's mean.
         s1 = _channel_sum(centred)
         block_m2 = _channel_dot(centred, centred) - s1 * s1 / n_block
         block_mean = shift[:, 0].astype(np.float64) + s1 / n_block
-        total = count + n_block
-        delta = block_mean - mean
-        mean += delta * (n_block / total)
-        m2 += block_m2 + delta * delta * (count * n_block / total)
-        count = total
+        total = count[chans] + n_block
+        delta = block_mean - mean[chans]
+        mean[chans] += delta * (n_block / total)
+        m2[chans] += block_m2 + delta * delta * (count[chans] * n_block / total)
+        count[chans] = total
     return mean, np.maximum(m2, 0.0) / count
 
 
-def normalize(x3: Array, mean: F64, scale: F64, shift: F64, out3: Array) -> None:
+def is_centred(mean: F64, spread: F64) -> bool:
+    """Whether every channel's mean lies within ``CENTRED_RATIO`` spreads of zero.
+
+    Then ``x * scale + (shift - mean * scale)`` rounds no worse than about
+    ``CENTRED_RATIO`` units in the last place of the output, and the kernels may
+    skip the explicit ``x - mean`` (one operation per element fewer). Otherwise
+    they subtract the mean first, exactly (see ``_split``).
+    """
+    return bool(np.all(np.abs(mean) <= CENTRED_RATIO * spread))
+
+
+def normalize(x3: Array, mean: F64, scale: F64, shift: F64, out3: Array, centred: bool) -> None:
     """``out3 = (x3 - mean) * scale + shift``, per channel, block by block."""
-    mean_c, lo = _split(mean, x3.dtype)
-    scale_c, shift_c = _col(scale, x3.dtype), _col(shift - lo * scale, x3.dtype)
-    for rows in _row_blocks(x3):
-        o = out3[rows]
-        np.subtract(x3[rows], mean_c, out=o)
-        o *= scale_c
-        o += shift_c
+    if centred:
+        scale_c, offset_c = _per_channel(scale, x3), _per_channel(shift - mean * scale, x3)
+        for rows, chans in _blocks(x3):
+            o = np.multiply(x3[rows, chans], scale_c[chans], out=out3[rows, chans])
+            o += offset_c[chans]
+        return
+    mean_hi, lo = _split(mean, x3)
+    scale_c, shift_c = _per_channel(scale, x3), _per_channel(shift - lo * scale, x3)
+    for rows, chans in _blocks(x3):
+        o = np.subtract(x3[rows, chans], mean_hi[chans], out=out3[rows, chans])
+        o *= scale_c[chans]
+        o += shift_c[chans]
 
 
-def backward_sums(x3: Array, dout3: Array, mean: F64) -> tuple[F64, F64]:
+def backward_sums(x3: Array, dout3: Array, mean: F64, centred: bool) -> tuple[F64, F64]:
     """Per channel ``sum(dout)`` and ``sum(dout * (x - mean))`` in one pass."""
-    mean_c, lo = _split(mean, x3.dtype)
     channels = x3.shape[1]
     sum_dout = np.zeros(channels)
     sum_dout_xmu = np.zeros(channels)
+    if centred:  # sum(dout * x) - mean * sum(dout): no cancellation to fear
+        for rows, chans in _blocks(x3):
+            d = dout3[rows, chans]
+            sum_dout[chans] += _channel_sum(d)
+            sum_dout_xmu[chans] += _channel_dot(d, x3[rows, chans])
+        return sum_dout, sum_dout_xmu - mean * sum_dout
+    mean_hi, lo = _split(mean, x3)
     scratch = _scratch(x3)
-    for rows in _row_blocks(x3):
-        d = dout3[rows]
-        centred = np.subtract(x3[rows], mean_c, out=scratch[: d.shape[0]])
-        sum_dout += _channel_sum(d)
-        sum_dout_xmu += _channel_dot(d, centred)
+    for rows, chans in _blocks(x3):
+        d = dout3[rows, chans]
+        centred_x = np.subtract(x3[rows, chans], mean_hi[chans], out=scratch[: d.shape[0], : d.shape[1]])
+        sum_dout[chans] += _channel_sum(d)
+        sum_dout_xmu[chans] += _channel_dot(d, centred_x)
     return sum_dout, sum_dout_xmu - lo * sum_dout
 
 
 def input_grad(
-    x3: Array, dout3: Array, mean: F64, a: F64, b: F64, c: F64, out3: Array
+    x3: Array, dout3: Array, mean: F64, scale: F64, slope: F64, offset: F64, out3: Array, centred: bool
 ) -> None:
-    """``out3 = a * dout3 + b * (x3 - mean) + c``, per channel, block by block."""
-    mean_c, lo = _split(mean, x3.dtype)
-    a_c, b_c, c_c = _col(a, x3.dtype), _col(b, x3.dtype), _col(c - b * lo, x3.dtype)
-    scratch = _scratch(x3)
-    for rows in _row_blocks(x3):
-        o = out3[rows]
-        np.subtract(x3[rows], mean_c, out=o)
-        o *= b_c
-        o += np.multiply(dout3[rows], a_c, out=scratch[: o.shape[0]])
-        o += c_c
+    """``out3 = scale * (dout3 + slope * (x3 - mean) + offset)``, per channel, block by block."""
+    scale_c, slope_c = _per_channel(scale, x3), _per_channel(slope, x3)
+    if centred:
+        offset_c = _per_channel(offset - slope * mean, x3)
+        for rows, chans in _blocks(x3):
+            o = np.multiply(x3[rows, chans], slope_c[chans], out=out3[rows, chans])
+            o += dout3[rows, chans]
+            o += offset_c[chans]
+            o *= scale_c[chans]
+        return
+    mean_hi, lo = _split(mean, x3)
+    offset_c = _per_channel(offset - slope * lo, x3)
+    for rows, chans in _blocks(x3):
+        o = np.subtract(x3[rows, chans], mean_hi[chans], out=out3[rows, chans])
+        o *= slope_c[chans]
+        o += dout3[rows, chans]
+        o += offset_c[chans]
+        o *= scale_c[chans]
+
+
+# ------------------------------------------------------------------ the layer's entry points
+@dataclass(frozen=True)
+class Stats:
+    """What a training forward leaves for the backward pass (per-channel, float64)."""
+
+    mean: F64
+    var: F64  # biased
+    inv_std: F64  # 1 / sqrt(var + epsilon)
+    centred: bool  # see is_centred
+    centred_x: Optional[NDArray[np.float64]] = None  # x - mean, kept on the plain path only
+
+
+def stats_from(mean: F64, var: F64, epsilon: float) -> Stats:
+    """Stats of a batch whose mean and variance are already known."""
+    inv_std = 1.0 / np.sqrt(var + epsilon)
+    return Stats(mean, var, inv_std, is_centred(mean, 1.0 / inv_std))
+
+
+def _is_small(x3: Array) -> bool:
+    return x3.nbytes <= SMALL_BYTES
+
+
+def train_forward(x3: Array, gamma: F64, beta: F64, epsilon: float, out3: Array) -> Stats:
+    """Normalise ``x3`` with its own statistics into ``out3``; return the statistics."""
+    if _is_small(x3):
+        xf = x3.astype(np.float64, copy=False)
+        mean = xf.mean(axis=(0, 2))
+        centred_x = xf - mean[:, None]
+        var = np.einsum("ncs,ncs->c", centred_x, centred_x) / (x3.shape[0] * x3.shape[2])
+        inv_std = 1.0 / np.sqrt(var + epsilon)
+        np.add(centred_x * (gamma * inv_std)[:, None], beta[:, None], out=out3, casting="same_kind")
+        return Stats(mean, var, inv_std, True, centred_x)
+    stats = stats_from(*channel_stats(x3), epsilon)
+    normalize(x3, stats.mean, gamma * stats.inv_std, beta, out3, stats.centred)
+    return stats
+
+
+def predict_forward(x3: Array, mean: F64, var: F64, gamma: F64, beta: F64, epsilon: float, out3: Array) -> None:
+    """Normalise ``x3`` with given (moving) statistics into ``out3``."""
+    stats = stats_from(mean, var, epsilon)
+    normalize(x3, mean, gamma * stats.inv_std, beta, out3, stats.centred or _is_small(x3))
+
+
+def backward(x3: Array, dout3: Array, stats: Stats, gamma: F64, out3: Array) -> tuple[F64, F64]:
+    """Input gradient into ``out3`` by the closed form; return ``sum(dout)`` and ``sum(dout * x_std)``.
+
+    Per channel, ``dx = gamma * inv_std * (dout + slope * (x - mean) + offset)``
+    with ``slope = -inv_std**2 * sum(dout * (x - mean)) / n`` and
+    ``offset = -sum(dout) / n``: the closed form
+    ``gamma * inv_std / n * (n * dout - sum(dout) - x_std * sum(dout * x_std))``
+    rearranged.
+    """
+    n = x3.shape[0] * x3.shape[2]
+    inv_std = stats.inv_std
+    if stats.centred_x is not None:
+        centred_x = stats.centred_x
+        sum_dout = dout3.sum(axis=(0, 2), dtype=np.float64)
+        sum_dout_xmu = np.einsum("ncs,ncs->c", dout3, centred_x)
+        grad = centred_x * (-(inv_std**2) * sum_dout_xmu / n)[:, None]
+        grad += dout3
+        grad -= (sum_dout / n)[:, None]
+        np.multiply(grad, (gamma * inv_std)[:, None], out=out3, casting="same_kind")
+    else:
+        sum_dout, sum_dout_xmu = backward_sums(x3, dout3, stats.mean, stats.centred)
+        input_grad(
+            x3, dout3, stats.mean, gamma * inv_std, -(inv_std**2) * sum_dout_xmu / n, -sum_dout / n,
+            out3, stats.centred,
+        )
+    return sum_dout, inv_std * sum_dout_xmu

@@ -140,7 +140,8 @@ def staged_forward(
     std = np.sqrt(var + x.dtype.type(epsilon))  # step (4)
     std_inv = 1 / std
     x_std = x_mu * std_inv
-    out = gamma_b * x_std + beta_b  # step (5)
+    out = gamma_b * x_std  # step (5): scale ...
+    out += beta_b  # ... and shift
     return ForwardSteps(x, mu, x_mu, x_mu_sq, var, std, std_inv, x_std, out, gamma_b, epsilon)
 
 
@@ -165,18 +166,24 @@ def staged_backward(f: ForwardSteps, dout: Array) -> BackwardSteps:
     def total(a: Array) -> Array:  # sum over the batch, keeping the channel axis
         return a.sum(axis=axes, keepdims=True)
 
+    def total_of_product(a: Array, b: Array) -> Array:  # total(a * b), without the a * b array
+        batch_axes = "n" + "hw"[: a.ndim - 2]
+        spec = f"{batch_axes[0]}c{batch_axes[1:]}"
+        return np.einsum(f"{spec},{spec}->c", a, b).reshape(f.mu.shape)
+
     dbeta = total(dout)  # out = gamma * x_std + beta
-    dgamma = total(dout * f.x_std)
+    dgamma = total_of_product(dout, f.x_std)
     a1 = f.gamma * dout  # d out / d x_std = gamma
     a2 = a1 * f.std_inv  # x_std = x_mu * std_inv: d/d x_mu = std_inv
-    a3 = total(a1 * f.x_mu)  # ... and d/d std_inv = x_mu
+    a3 = total_of_product(a1, f.x_mu)  # ... and d/d std_inv = x_mu
     a4 = -a3 / f.std**2  # std_inv = 1/std: d/d std = -1/std^2
     a5 = a4 / (2 * f.std)  # std = sqrt(var + eps): d/d var = 1/(2 std)
     a6 = a5 / n  # var = mean(x_mu_sq): d/d x_mu_sq = 1/n
-    a7 = 2 * f.x_mu * a6  # x_mu_sq = x_mu^2: d/d x_mu = 2 x_mu
-    a8 = -total(a2 + a7)  # x_mu = x - mu: d/d mu = -1
+    a7 = f.x_mu * (2 * a6)  # x_mu_sq = x_mu^2: d/d x_mu = 2 x_mu
+    a8 = -(total(a2) + total(a7))  # x_mu = x - mu: d/d mu = -1, from both paths
     a9 = a8 / n  # mu = mean(x): d/d x = 1/n
-    dx = a2 + a7 + a9  # x reaches out through x_mu (twice) and mu
+    dx = a2 + a7  # x reaches out through x_mu (twice) ...
+    dx += a9  # ... and through mu
     return BackwardSteps(
         dout, dbeta.reshape(-1), dgamma.reshape(-1), a1, a2, a3, a4, a5, a6, a7, a8, a9, dx
     )

@@ -27,9 +27,7 @@ class _TrainingCache:
     """What the last training forward leaves for ``backward``."""
 
     x: Array  # the input, in the compute dtype (not a copy when already float)
-    mean: NDArray[np.float64]  # (C,)
-    var: NDArray[np.float64]  # (C,), biased
-    inv_std: NDArray[np.float64]  # (C,), 1 / sqrt(var + epsilon)
+    stats: _kernels.Stats  # per-channel mean, var, inv_std
     steps: Optional[ForwardSteps]  # the staged graph's nodes, in staged mode
 
 
@@ -57,6 +55,8 @@ def _as_data(value: ArrayLike, name: str) -> Array:
 
 
 def _as_channel_vector(value: object, name: str, channels: Optional[int]) -> NDArray[np.float64]:
+    if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == (channels,):
+        return value  # the common case, checked cheaply: this runs at every call
     a = np.asarray(value)
     if a.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be a 1-D array of real numbers; got {_describe(a)}")
@@ -259,21 +259,17 @@ class BatchNormalization:
         steps = None
         if self.staged:
             steps = staged_forward(x, gamma, beta, self.epsilon)
-            mean = steps.mu.reshape(-1).astype(np.float64)
-            var = steps.var.reshape(-1).astype(np.float64)
+            stats = _kernels.stats_from(steps.mu.ravel().astype(np.float64), steps.var.ravel().astype(np.float64), self.epsilon)
             out[...] = steps.out
         else:
-            mean, var = _kernels.channel_stats(_as_3d(x))
-        inv_std = 1.0 / np.sqrt(var + self.epsilon)
-        if not self.staged:
-            _kernels.normalize(_as_3d(x), mean, gamma * inv_std, beta, _as_3d(out))
+            stats = _kernels.train_forward(_as_3d(x), gamma, beta, self.epsilon, _as_3d(out))
         # Everything is computed: only now does the layer's state change.
         old_mean = np.zeros(channels) if self.moving_mean is None else self.moving_mean
         old_var = np.zeros(channels) if self.moving_var is None else self.moving_var
-        self.moving_mean = self.rho * np.asarray(old_mean, np.float64) + (1 - self.rho) * mean
-        self.moving_var = self.rho * np.asarray(old_var, np.float64) + (1 - self.rho) * var
+        self.moving_mean = self.rho * np.asarray(old_mean, np.float64) + (1 - self.rho) * stats.mean
+        self.moving_var = self.rho * np.asarray(old_var, np.float64) + (1 - self.rho) * stats.var
         self.batch_size = per_channel
-        self._cache = _TrainingCache(x, mean, var, inv_std, steps)
+        self._cache = _TrainingCache(x, stats, steps)
         self.backward_steps = None
 
     def _predict_forward(self, x: Array, gamma: NDArray[np.float64], beta: NDArray[np.float64], out: Array) -> None:
@@ -285,8 +281,7 @@ class BatchNormalization:
         channels = x.shape[1]
         mean = _as_channel_vector(self.moving_mean, "moving_mean", channels)
         var = _as_channel_vector(self.moving_var, "moving_var", channels)
-        inv_std = 1.0 / np.sqrt(var + self.epsilon)
-        _kernels.normalize(_as_3d(x), mean, gamma * inv_std, beta, _as_3d(out))
+        _kernels.predict_forward(_as_3d(x), mean, var, gamma, beta, self.epsilon, _as_3d(out))
 
     # ---------------------------------------------------------------- backward
     def backward(self, dout: ArrayLike, *, out: Optional[Array] = None) -> Array:
@@ -348,17 +343,8 @@ class BatchNormalization:
             self.dgamma, self.dbeta = steps.dgamma, steps.dbeta
             return out
 
-        n = self.batch_size
-        assert n is not None
-        x3, d3 = _as_3d(x), _as_3d(grad)
-        sum_dout, sum_dout_xmu = _kernels.backward_sums(x3, d3, cache.mean)
-        inv_std = cache.inv_std
-        # dx = a * dout + b * (x - mean) + c: the closed form, per channel.
-        a = gamma * inv_std
-        b = -gamma * inv_std**3 * sum_dout_xmu / n
-        c = -gamma * inv_std * sum_dout / n
-        _kernels.input_grad(x3, d3, cache.mean, a, b, c, _as_3d(out))
-        self.dgamma = (inv_std * sum_dout_xmu).astype(x.dtype)
+        sum_dout, sum_dout_x_std = _kernels.backward(_as_3d(x), _as_3d(grad), cache.stats, gamma, _as_3d(out))
+        self.dgamma = sum_dout_x_std.astype(x.dtype)
         self.dbeta = sum_dout.astype(x.dtype)
         return out
 
@@ -377,7 +363,7 @@ class BatchNormalization:
             return None
         if c.steps is not None:
             return c.steps.x_mu
-        return c.x - self._reshaped(c.mean)
+        return c.x - self._reshaped(c.stats.mean)
 
     @property
     def x_std(self) -> Optional[Array]:
@@ -387,23 +373,23 @@ class BatchNormalization:
             return None
         if c.steps is not None:
             return c.steps.x_std
-        return (c.x - self._reshaped(c.mean)) * self._reshaped(c.inv_std)
+        return (c.x - self._reshaped(c.stats.mean)) * self._reshaped(c.stats.inv_std)
 
     @property
     def std(self) -> Optional[NDArray[np.float64]]:
         """Per-channel ``sqrt(var + epsilon)`` of the last training forward, shape (C,)."""
         c = self._cache
-        return None if c is None else 1.0 / c.inv_std
+        return None if c is None else 1.0 / c.stats.inv_std
 
     @property
     def mean(self) -> Optional[NDArray[np.float64]]:
         """Per-channel batch mean ``mu`` of the last training forward, shape (C,)."""
-        return None if self._cache is None else self._cache.mean
+        return None if self._cache is None else self._cache.stats.mean
 
     @property
     def var(self) -> Optional[NDArray[np.float64]]:
         """Per-channel biased batch variance of the last training forward, shape (C,)."""
-        return None if self._cache is None else self._cache.var
+        return None if self._cache is None else self._cache.stats.var
 
     @property
     def forward_steps(self) -> Optional[ForwardSteps]:

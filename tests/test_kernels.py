@@ -1,0 +1,115 @@
+"""The default path's three ways through the data agree with the staged graph.
+
+bnlit's default layer takes a plain whole-array path for small inputs and a
+streaming, cache-blocked path for large ones (see bnlit._kernels). Here the
+size thresholds are lowered so that small test inputs take every path: plain,
+streaming by whole rows, and streaming with rows split by channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bnlit import BatchNormalization, _kernels
+
+from _checks import numerical_gradient, relative_error
+
+PATHS = {
+    "plain": {},
+    "streaming": {"SMALL_BYTES": 0, "BLOCK_BYTES": 4096},
+    "streaming-split-rows": {"SMALL_BYTES": 0, "BLOCK_BYTES": 64},
+}
+
+
+@pytest.fixture(params=list(PATHS))
+def path(request, monkeypatch) -> str:
+    for name, value in PATHS[request.param].items():
+        monkeypatch.setattr(_kernels, name, value)
+    return request.param
+
+
+def test_the_paths_are_taken(path) -> None:
+    x3 = np.zeros((40, 3, 16))
+    blocks = list(_kernels._blocks(x3))
+    if path == "plain":
+        assert _kernels._is_small(x3)
+    else:
+        assert not _kernels._is_small(x3) and len(blocks) > 1
+        split = path == "streaming-split-rows"
+        assert any(chans != slice(None) for _, chans in blocks) == split
+    covered = np.zeros(x3.shape, dtype=int)
+    for rows, chans in blocks:
+        covered[rows, chans] += 1
+    assert np.all(covered == 1)  # every value in exactly one block
+
+
+@pytest.mark.parametrize("shape", [(50, 3), (6, 3, 5, 4)], ids=["2d", "4d"])
+@pytest.mark.parametrize("location", [0.5, 300.0], ids=["centred", "far-from-zero"])
+def test_default_path_agrees_with_staged(path, shape, location, rng) -> None:
+    x = location + rng.normal(size=shape) * rng.uniform(0.5, 3, size=shape[1]).reshape((1, -1) + (1,) * (len(shape) - 2))
+    dout = rng.normal(size=shape)
+    gamma, beta = rng.normal(size=shape[1]), rng.normal(size=shape[1])
+    fast, staged = BatchNormalization(gamma, beta), BatchNormalization(gamma, beta, staged=True)
+    for _ in range(2):  # two steps: moving statistics too
+        np.testing.assert_allclose(fast.forward(x), staged.forward(x), rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(fast.moving_mean, staged.moving_mean, rtol=1e-12)
+    np.testing.assert_allclose(fast.moving_var, staged.moving_var, rtol=1e-11)
+    dx_fast, dx_staged = fast.backward(dout), staged.backward(dout)
+    assert np.max(np.abs(dx_fast - dx_staged)) <= 1e-10 * np.max(np.abs(dx_staged))
+    np.testing.assert_allclose(fast.dgamma, staged.dgamma, rtol=1e-10)
+    np.testing.assert_allclose(fast.dbeta, staged.dbeta, rtol=1e-10)
+    np.testing.assert_allclose(fast.forward(x, train_flg=False), staged.forward(x, train_flg=False), rtol=1e-11)
+
+
+@pytest.mark.parametrize("shape", [(9, 4), (3, 2, 3, 4)], ids=["2d", "4d"])
+def test_gradient_check_on_every_path(path, shape, rng) -> None:
+    x = 3.0 + rng.normal(size=shape)
+    dout = rng.normal(size=shape)
+    gamma = rng.normal(1.0, 0.5, size=shape[1])
+    bn = BatchNormalization(gamma, np.zeros(shape[1]), epsilon=1e-5)
+
+    def loss() -> float:
+        return float(np.sum(bn.forward(x) * dout))
+
+    bn.forward(x)
+    dx = bn.backward(dout)
+    assert relative_error(dx, numerical_gradient(loss, x)) < 1e-7
+    assert relative_error(bn.dgamma, numerical_gradient(loss, gamma)) < 1e-7
+
+
+@pytest.mark.parametrize("location, spread", [(1e4, 0.1), (0.0, 1.0), (-50.0, 3.0)])
+def test_float32_matches_float64(path, location, spread, rng) -> None:
+    shape = (32, 3, 12, 12)
+    x = (location + spread * rng.standard_normal(shape)).astype(np.float32)
+    dout = rng.standard_normal(shape).astype(np.float32)
+    gamma = np.array([0.5, 1.0, 2.0])
+    bn32, bn64 = BatchNormalization(gamma, np.ones(3)), BatchNormalization(gamma, np.ones(3))
+    out32, out64 = bn32.forward(x), bn64.forward(x.astype(np.float64))
+    assert out32.dtype == np.float32
+    assert np.max(np.abs(out32 - out64)) <= 1e-5 * np.max(np.abs(out64))
+    np.testing.assert_allclose(bn32.var, bn64.var, rtol=1e-5)
+    dx32, dx64 = bn32.backward(dout), bn64.backward(dout.astype(np.float64))
+    assert np.max(np.abs(dx32 - dx64)) <= 1e-5 * np.max(np.abs(dx64))
+    np.testing.assert_allclose(bn32.dgamma, bn64.dgamma, rtol=1e-4)
+
+
+def test_statistics_survive_drift_along_the_batch(monkeypatch, rng) -> None:
+    """The first block is a poor shift here: the blockwise merge must take over."""
+    monkeypatch.setattr(_kernels, "SMALL_BYTES", 0)
+    calls = []
+    blockwise = _kernels.channel_stats_blockwise
+    monkeypatch.setattr(_kernels, "channel_stats_blockwise", lambda x3: calls.append(1) or blockwise(x3))
+    x = rng.normal(size=(6400, 4)).astype(np.float32)
+    x[_kernels.MAX_BLOCK_ROWS:] += 1000.0  # everything after the first block sits far away
+    mean, var = _kernels.channel_stats(x.reshape(6400, 4, 1))
+    assert calls, "the shifted sums should have been rejected"
+    reference = x.astype(np.float64)
+    np.testing.assert_allclose(mean, reference.mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(var, reference.var(axis=0), rtol=1e-5)
+
+
+def test_centred_decision() -> None:
+    spread = np.ones(2)
+    assert _kernels.is_centred(np.array([0.0, _kernels.CENTRED_RATIO]), spread)
+    assert not _kernels.is_centred(np.array([0.0, 1.01 * _kernels.CENTRED_RATIO]), spread)
