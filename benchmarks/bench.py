@@ -4,7 +4,9 @@ For each shape, dtype and thread count it times a training forward, a backward
 and both, for bnlit's default layer, bnlit's staged layer and (when importable)
 PyTorch's CPU ``F.batch_norm`` with autograd. The implementations are measured
 interleaved, repetition by repetition, in one process, so that a noisy shared
-machine slows them alike; the table reports medians and ratios:
+machine slows them alike; each repetition runs them in a rotated order, so
+that none always runs right after another's cache-flushing work. The table
+reports medians and ratios:
 
 - ``x torch``: fwd+bwd time over PyTorch's at the same thread count;
 - ``x floor``: fwd+bwd time over the memory-traffic floor, 8 passes over the
@@ -14,7 +16,7 @@ machine slows them alike; the table reports medians and ratios:
   included, as a multiple of the input's bytes (tracemalloc, which sees
   NumPy's allocations, not PyTorch's).
 
-Usage: ``python benchmarks/bench.py [--quick] [--threads 1 2] [--save PATH]``.
+Usage: ``python benchmarks/bench.py [--quick | --shapes 64,64,56,56 ...] [--threads 1 2] [--save PATH]``.
 Each thread count runs in its own process, with the BLAS/OpenMP thread
 variables set before NumPy loads (NumPy's element-wise loops use one thread
 whatever they say; PyTorch follows ``torch.set_num_threads``).
@@ -43,7 +45,7 @@ DEFAULT_SAVE = ROOT / "docs" / "data" / "benchmark.json"
 
 def repetitions(nbytes: int) -> int:
     """More repetitions for small inputs, whose times are short and noisy."""
-    return int(min(200, max(7, 2e8 // max(nbytes, 1))))
+    return int(min(200, max(11, 2e8 // max(nbytes, 1))))
 
 
 def measure(threads: int, shapes: list[tuple[int, ...]]) -> list[dict]:
@@ -80,12 +82,14 @@ def measure(threads: int, shapes: list[tuple[int, ...]]) -> list[dict]:
             copies = []
             for run in runners.values():  # warm up every path once
                 run()
-            for _ in range(repetitions(x.nbytes)):
+            names = list(runners)
+            for rep in range(repetitions(x.nbytes)):
                 start = time.perf_counter()
                 np.copyto(copy_dst, copy_src)
                 copies.append(time.perf_counter() - start)
-                for name, run in runners.items():
-                    times[name].append(run())
+                for k in range(len(names)):  # a different order each time: no one always runs first
+                    name = names[(rep + k) % len(names)]
+                    times[name].append(runners[name]())
             copy_time = float(np.median(copies))
             floor = 8 * x.nbytes / (2 * x.nbytes / copy_time)  # 8 passes at the copy's bytes per second
             torch_total = float(np.median([f + b for f, b in times["torch"]])) if "torch" in times else None

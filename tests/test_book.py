@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = ["index", "forward", "graph", "backward", "prediction", "seed_examples", "api"]
+PAGES = ["index", "forward", "graph", "backward", "prediction", "seed_examples", "performance", "api"]
 NOTEBOOK_PAGES = [p for p in PAGES if p != "api"]
 
 pytestmark = pytest.mark.book
