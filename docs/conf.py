@@ -38,14 +38,17 @@ myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 
 
 def _execution_key() -> str:
-    """Hash of bnlit's sources and the libraries the pages run with.
+    """Hash of what the pages read besides their own cells: bnlit's sources, the
+    book's helper module and data, and the libraries the pages run with.
 
     jupyter-cache keys only on cell source (MyST-NB issue #299): keying the cache
-    folder on this hash makes a changed bnlit (or library) re-execute the pages.
+    folder on this hash makes a changed bnlit (or data, or library) re-execute
+    the pages.
     """
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "bnlit").glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    inputs = [*(ROOT / "bnlit").glob("*.py"), DOCS / "_book.py", *(DOCS / "data").glob("*")]
+    for path in sorted(inputs):
+        digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
     for dist in ("numpy", "sympy", "matplotlib", "myst-nb", "ipykernel"):
         digest.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
     digest.update(platform.python_version().encode())
