@@ -116,11 +116,24 @@ class BatchNormalization:
         :func:`bnlit.staged_backward`) and keep every
         intermediate in ``forward_steps`` and ``backward_steps``.
         When False (the default) they run the closed-form, streaming path.
+    momentum : float, optional
+        PyTorch's way of giving the moving-average weight: the weight of the
+        *new* statistic, so ``rho = 1 - momentum``. Give ``rho`` or
+        ``momentum``, not both.
+    unbiased_moving_var : bool, default False
+        Update the moving variance with the unbiased ``n / (n - 1)`` batch
+        variance, as PyTorch does (the seed and Keras use the biased one).
+    bias_correction : bool, default False
+        Predict with :meth:`corrected_moving_statistics`, which removes the
+        weight the moving averages still give their starting value (zeros in
+        the seed) after few training steps, as Adam does.
 
     Attributes
     ----------
     gamma, beta, rho, moving_mean, moving_var, epsilon
         As above; ``moving_mean`` and ``moving_var`` are float64 arrays once set.
+    steps : int
+        Training calls since the moving statistics started.
     dgamma, dbeta : ndarray, shape (C,)
         Parameter gradients of the last ``backward``.
     batch_size : int
@@ -160,9 +173,21 @@ class BatchNormalization:
         *,
         epsilon: float = 1e-8,
         staged: bool = False,
+        momentum: Optional[float] = None,
+        unbiased_moving_var: bool = False,
+        bias_correction: bool = False,
     ) -> None:
         gamma_v = _as_channel_vector(gamma, "gamma", None)
         _as_channel_vector(beta, "beta", gamma_v.shape[0])
+        if momentum is not None:
+            if rho != 0.9:
+                raise ValueError(
+                    f"give rho (weight of the old value) or momentum (weight of the new value), "
+                    f"not both; got rho={rho!r} and momentum={momentum!r}"
+                )
+            if not 0.0 <= float(momentum) <= 1.0:
+                raise ValueError(f"momentum must lie in [0, 1]; got {momentum!r}")
+            rho = 1.0 - float(momentum)
         if not 0.0 <= float(rho) <= 1.0:
             raise ValueError(f"rho must lie in [0, 1]; got {rho!r}")
         if not float(epsilon) > 0.0:
@@ -174,13 +199,18 @@ class BatchNormalization:
         self.epsilon = float(epsilon)
         self.staged = bool(staged)
         self.moving_mean: Optional[NDArray[np.float64]] = (
-            None if moving_mean is None else _as_channel_vector(moving_mean, "moving_mean", channels)
+            None if moving_mean is None else _as_channel_vector(moving_mean, "moving_mean", channels).copy()
         )
         self.moving_var: Optional[NDArray[np.float64]] = (
-            None if moving_var is None else _as_channel_vector(moving_var, "moving_var", channels)
+            None if moving_var is None else _as_channel_vector(moving_var, "moving_var", channels).copy()
         )
         if self.moving_var is not None and np.any(self.moving_var < 0):
             raise ValueError("moving_var must be non-negative")
+        self.unbiased_moving_var = bool(unbiased_moving_var)
+        self.bias_correction = bool(bias_correction)
+        #: Training calls that updated the moving statistics (for bias_correction).
+        self.steps = 0
+        self._moving_start = (self.moving_mean, self.moving_var)  # where the averages started
         self.batch_size: Optional[int] = None
         self.dgamma: Optional[Array] = None
         self.dbeta: Optional[Array] = None
@@ -264,10 +294,14 @@ class BatchNormalization:
         else:
             stats = _kernels.train_forward(_as_3d(x), gamma, beta, self.epsilon, _as_3d(out))
         # Everything is computed: only now does the layer's state change.
-        old_mean = np.zeros(channels) if self.moving_mean is None else self.moving_mean
-        old_var = np.zeros(channels) if self.moving_var is None else self.moving_var
-        self.moving_mean = self.rho * np.asarray(old_mean, np.float64) + (1 - self.rho) * stats.mean
-        self.moving_var = self.rho * np.asarray(old_var, np.float64) + (1 - self.rho) * stats.var
+        if self.moving_mean is None or self.moving_var is None:
+            self.moving_mean, self.moving_var = np.zeros(channels), np.zeros(channels)
+            self._moving_start = (self.moving_mean, self.moving_var)
+            self.steps = 0
+        batch_var = stats.var * (per_channel / (per_channel - 1)) if self.unbiased_moving_var else stats.var
+        self.moving_mean = self.rho * np.asarray(self.moving_mean, np.float64) + (1 - self.rho) * stats.mean
+        self.moving_var = self.rho * np.asarray(self.moving_var, np.float64) + (1 - self.rho) * batch_var
+        self.steps += 1
         self.batch_size = per_channel
         self._cache = _TrainingCache(x, stats, steps)
         self.backward_steps = None
@@ -281,7 +315,44 @@ class BatchNormalization:
         channels = x.shape[1]
         mean = _as_channel_vector(self.moving_mean, "moving_mean", channels)
         var = _as_channel_vector(self.moving_var, "moving_var", channels)
+        if self.bias_correction:
+            mean, var = self.corrected_moving_statistics()
         _kernels.predict_forward(_as_3d(x), mean, var, gamma, beta, self.epsilon, _as_3d(out))
+
+    def corrected_moving_statistics(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """The moving mean and variance with the weight of their starting value removed.
+
+        After ``k`` training steps, ``moving = rho**k * start + (1 - rho**k) * average``
+        where ``average`` is a weighted average of the batch statistics. This returns
+        ``(moving - rho**k * start) / (1 - rho**k)``, as Adam corrects its moment
+        estimates; prediction uses it when ``bias_correction=True``. It assumes the
+        moving statistics changed only through this layer's training calls.
+        """
+        if self.moving_mean is None or self.moving_var is None:
+            raise LayerStateError("there are no moving statistics yet: run a training forward first")
+        weight = self.rho**self.steps
+        if self.steps == 0 or weight == 1.0:
+            return np.asarray(self.moving_mean, np.float64), np.asarray(self.moving_var, np.float64)
+        start_mean, start_var = (np.zeros_like(m) if s is None else s for s, m in zip(self._moving_start, (self.moving_mean, self.moving_var)))
+        mean = (self.moving_mean - weight * start_mean) / (1 - weight)
+        var = (self.moving_var - weight * start_var) / (1 - weight)
+        return mean, np.maximum(var, 0.0)
+
+    @classmethod
+    def like_pytorch(cls, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1) -> "BatchNormalization":
+        """A layer that computes exactly what ``torch.nn.BatchNorm1d/2d(num_features)`` does.
+
+        Weight ones and bias zeros, running mean zeros and running variance
+        ones, ``epsilon=eps``, ``momentum`` weighting the *new* statistic, and
+        the running variance updated with the unbiased ``n / (n - 1)`` batch
+        variance. (PyTorch's ``momentum=None``, a cumulative average, is not
+        reproduced.)
+        """
+        return cls(
+            np.ones(num_features), np.zeros(num_features),
+            moving_mean=np.zeros(num_features), moving_var=np.ones(num_features),
+            epsilon=eps, momentum=momentum, unbiased_moving_var=True,
+        )
 
     # ---------------------------------------------------------------- backward
     def backward(self, dout: ArrayLike, *, out: Optional[Array] = None) -> Array:

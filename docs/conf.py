@@ -25,6 +25,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "sphinx_copybutton",
+    "sphinx_togglebutton",
 ]
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
 # --- Notebooks: executed at build time, strictly, with a cache keyed on bnlit itself.
@@ -56,7 +57,12 @@ def _execution_key() -> str:
 
 
 # Overridable with -D nb_execution_cache_path=... (the tests build into a scratch folder).
-nb_execution_cache_path = str(DOCS / "_build" / ".jupyter_cache" / _execution_key())
+_CACHES = DOCS / "_build" / ".jupyter_cache"
+nb_execution_cache_path = str(_CACHES / _execution_key())
+# Caches of older sources can never be used again: keep only the current one.
+for _stale in _CACHES.glob("*"):
+    if _stale.is_dir() and _stale.name != Path(nb_execution_cache_path).name:
+        shutil.rmtree(_stale, ignore_errors=True)
 
 # --- HTML
 html_theme = "sphinx_book_theme"

@@ -19,7 +19,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = ["index", "forward", "graph", "backward", "prediction", "seed_examples", "performance", "api"]
+PAGES = [
+    "index", "forward", "graph", "backward", "prediction", "seed_examples",
+    "exercise", "conventions", "pitfalls", "training", "performance", "api",
+]
 NOTEBOOK_PAGES = [p for p in PAGES if p != "api"]
 
 pytestmark = pytest.mark.book
@@ -142,3 +145,26 @@ def test_execution_cache_is_keyed_on_bnlit_sources(tmp_path: Path) -> None:
     data = tmp_path / "docs" / "data" / "benchmark.json"  # a page renders this file
     data.write_text("{}")
     assert cache_path() != after_edit
+
+
+def test_exercise_page_runs_the_checker(book: Path) -> None:
+    html = page(book, "exercise")
+    assert "All clear: 21 quantities" in html
+    assert "First wrong quantity: a7" in html and "First wrong quantity: dx" in html
+    assert "raised NotImplementedError" in html
+    assert "穴埋め" in html  # the notebook's original, in its dropdown
+    assert "dropdown" in html
+
+
+def test_conventions_page_compares_both_conventions(book: Path) -> None:
+    html = page(book, "conventions")
+    assert "moving variance, seed convention" in html and "moving variance, PyTorch convention" in html
+    assert "momentum=0.1" in html and "rho=0.9" in html
+
+
+def test_pitfalls_and_training_pages_show_their_results(book: Path) -> None:
+    pitfalls = page(book, "pitfalls")
+    assert "E[x^2] - E[x]^2, float32:" in pitfalls and "ValueError: training needs at least 2 values" in pitfalls
+    training = page(book, "training")
+    assert "This page trained 18 networks" in training
+    assert training.count(".svg") >= 3

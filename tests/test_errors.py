@@ -140,3 +140,11 @@ def test_rebinding_moving_mean_to_a_wrong_shape_is_caught_before_any_change() ->
     with pytest.raises(ValueError, match="moving_mean must have shape \\(3,\\)"):
         bn.forward(np.ones((4, 3)) * np.arange(4)[:, None])
     assert_same_state(before, state(bn))
+
+
+def test_rho_and_momentum_are_exclusive_and_momentum_is_one_minus_rho() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        BatchNormalization(np.ones(2), np.zeros(2), rho=0.5, momentum=0.1)
+    with pytest.raises(ValueError, match="momentum must lie in"):
+        BatchNormalization(np.ones(2), np.zeros(2), momentum=1.5)
+    assert BatchNormalization(np.ones(2), np.zeros(2), momentum=0.25).rho == 0.75

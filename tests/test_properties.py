@@ -155,3 +155,27 @@ def test_out_buffers_are_used_and_checked(rng) -> None:
         bn.forward(x, out=np.empty(x.shape))
     with pytest.raises(ValueError, match="share memory"):
         bn.forward(x, out=x)
+
+
+@given(st.integers(1, 30), st.floats(0.05, 0.99), st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_bias_correction_recovers_a_constant_statistic(steps, rho, start_at_ones) -> None:
+    """With the same batch every step, the corrected moving statistics equal its statistics."""
+    x = np.array([[1.0, -2.0], [3.0, 0.0], [2.0, 5.0]])
+    start = {"moving_mean": np.ones(2), "moving_var": np.ones(2)} if start_at_ones else {}
+    bn = BatchNormalization(np.ones(2), np.zeros(2), rho=rho, bias_correction=True, **start)
+    for _ in range(steps):
+        bn.forward(x)
+    mean, var = bn.corrected_moving_statistics()
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(var, x.var(axis=0), rtol=1e-9)
+    # Prediction on the batch itself then equals training on it.
+    np.testing.assert_allclose(bn.forward(x, train_flg=False), bn.forward(x, train_flg=True), rtol=1e-9, atol=1e-12)
+
+
+def test_unbiased_moving_var_uses_n_over_n_minus_1() -> None:
+    x = np.array([[1.0], [2.0], [4.0], [7.0]])  # biased variance 5.25, unbiased 7.0
+    bn = BatchNormalization(np.ones(1), np.zeros(1), rho=0.0, unbiased_moving_var=True)
+    bn.forward(x)
+    np.testing.assert_allclose(bn.moving_var, [7.0])
+    np.testing.assert_allclose(bn.var, [5.25])  # the batch itself is normalised with the biased one

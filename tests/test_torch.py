@@ -57,3 +57,45 @@ def test_forward_gradients_and_statistics_match_pytorch(shape, rng) -> None:
         torch.tensor(gamma), torch.tensor(beta), training=False, eps=EPS,
     )
     close(pred, tpred)
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (4, 3, 5, 6)], ids=["BatchNorm1d", "BatchNorm2d"])
+def test_like_pytorch_reproduces_torch_layers_over_training_steps(shape, rng) -> None:
+    channels = shape[1]
+    module = (torch.nn.BatchNorm1d if len(shape) == 2 else torch.nn.BatchNorm2d)(channels).double()
+    bn = BatchNormalization.like_pytorch(channels)  # eps 1e-5, momentum 0.1, unbiased running variance
+    learning_rate = 0.1
+    for step in range(5):
+        x = rng.normal(step, 1 + step, size=shape)
+        dout = rng.normal(size=shape)
+        module.train()
+        tx = torch.tensor(x, requires_grad=True)
+        module.zero_grad()
+        tout = module(tx)
+        tout.backward(torch.tensor(dout))
+        out = bn.forward(x)
+        dx = bn.backward(dout)
+        np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(bn.dgamma, module.weight.grad.numpy(), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(bn.dbeta, module.bias.grad.numpy(), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(bn.moving_mean, module.running_mean.numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(bn.moving_var, module.running_var.numpy(), rtol=1e-12, atol=1e-12)
+        # The same plain gradient step on both.
+        with torch.no_grad():
+            module.weight -= learning_rate * module.weight.grad
+            module.bias -= learning_rate * module.bias.grad
+        bn.gamma = bn.gamma - learning_rate * bn.dgamma
+        bn.beta = bn.beta - learning_rate * bn.dbeta
+    module.eval()
+    x = rng.normal(size=shape)
+    with torch.no_grad():
+        expected = module(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(bn.forward(x, train_flg=False), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_one_value_per_channel_is_refused_by_both(rng) -> None:
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        torch.nn.BatchNorm1d(3).double()(torch.tensor(rng.normal(size=(1, 3))))
+    with pytest.raises(ValueError, match="at least 2 values per channel"):
+        BatchNormalization.like_pytorch(3).forward(rng.normal(size=(1, 3)))
