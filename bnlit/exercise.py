@@ -189,7 +189,8 @@ def _matches(actual: Any, expected: np.ndarray) -> bool:
     if np.prod(shape) != max(a.size, expected.size):  # e.g. (D, 1) against (1, D)
         return False
     scale = max(1.0, float(np.max(np.abs(expected))))
-    return bool(np.allclose(*np.broadcast_arrays(a, expected), rtol=1e-6, atol=1e-9 * scale))
+    a, e = np.broadcast_arrays(a, expected)
+    return bool(np.allclose(a, e, rtol=1e-6, atol=1e-9 * scale))
 
 
 def _show(a: Any) -> str:

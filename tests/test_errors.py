@@ -27,6 +27,16 @@ def state(bn: BatchNormalization) -> dict:
     }
 
 
+def assert_refused(bn: BatchNormalization, call, exc: type, words: list[str]) -> None:
+    """``call()`` raises ``exc`` with all ``words`` in its message, and ``bn`` keeps its state."""
+    before = state(bn)
+    with pytest.raises(exc) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)
+    assert_same_state(before, state(bn))
+
+
 def assert_same_state(before: dict, after: dict) -> None:
     assert before.keys() == after.keys()
     for key in before:
@@ -55,12 +65,7 @@ FORWARD_CASES = [
 @pytest.mark.parametrize("x, exc, words", FORWARD_CASES)
 def test_bad_forward_input(x, exc, words, staged) -> None:
     bn = trained_layer(staged)
-    before = state(bn)
-    with pytest.raises(exc) as info:
-        bn.forward(x)
-    for word in words:
-        assert word in str(info.value)
-    assert_same_state(before, state(bn))
+    assert_refused(bn, lambda: bn.forward(x), exc, words)
 
 
 def test_prediction_before_moving_statistics() -> None:
@@ -97,12 +102,7 @@ def test_backward_before_training_forward() -> None:
 def test_bad_dout(dout, exc, words, staged) -> None:
     bn = trained_layer(staged)
     bn.backward(np.linspace(-1, 1, 12).reshape(4, 3))
-    before = state(bn)
-    with pytest.raises(exc) as info:
-        bn.backward(dout)
-    for word in words:
-        assert word in str(info.value)
-    assert_same_state(before, state(bn))
+    assert_refused(bn, lambda: bn.backward(dout), exc, words)
 
 
 @pytest.mark.parametrize(
