@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -276,11 +277,17 @@ def check(cls: type) -> Report:
             return _raised(run.error, "dx", scenario)
 
     names = [s for s in STEPS if s not in unchecked]
-    message = f"All clear: {len(names)} quantities match bnlit on the 2-D and 4-D inputs ({', '.join(names)})."
+    message = _wrap(f"All clear: {len(names)} quantities match bnlit on the 2-D and 4-D inputs ({', '.join(names)}).")
     if unchecked:
-        message += (f"\nNot checked, because the class has no local variable of that name: {', '.join(unchecked)}."
-                    " The public results (out, moving statistics, dgamma, dbeta, dx) were checked instead.")
+        message += "\n" + _wrap(
+            f"Not checked, because the class has no local variable of that name: {', '.join(unchecked)}."
+            " The public results (out, moving statistics, dgamma, dbeta, dx) were checked instead."
+        )
     return Report(True, unchecked=unchecked, message=message)
+
+
+def _wrap(text: str, indent: str = "") -> str:
+    return textwrap.fill(text, width=80, subsequent_indent=indent)
 
 
 def _wrong(step: str, label: str, expected: np.ndarray, actual: Any, unchecked: list[str]) -> Report:
@@ -293,13 +300,13 @@ def _wrong(step: str, label: str, expected: np.ndarray, actual: Any, unchecked: 
         f"  hint: {HINTS[step]}"
     )
     if right:
-        message += f"\nEverything before it is right: {', '.join(right)}."
+        message += "\n" + _wrap(f"Everything before it is right: {', '.join(right)}.")
     return Report(False, step, label, np.asarray(expected), actual, list(unchecked), message)
 
 
 def _raised(error: str, step: str, scenario: str) -> Report:
     message = (
-        f"The class raised an exception, on the {scenario}: {error}.\n"
+        f"The class raised an exception, on the {scenario}:\n  {error}.\n"
         f"The first quantity that could not be checked is {step}.\n  hint: {HINTS[step]}"
     )
     return Report(False, step, scenario, None, None, [], message)
