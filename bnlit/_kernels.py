@@ -280,7 +280,7 @@ def train_forward(x3: Array, gamma: F64, beta: F64, epsilon: float, out3: Array)
 def predict_forward(x3: Array, mean: F64, var: F64, gamma: F64, beta: F64, epsilon: float, out3: Array) -> None:
     """Normalise ``x3`` with given (moving) statistics into ``out3``."""
     stats = stats_from(mean, var, epsilon)
-    normalize(x3, mean, gamma * stats.inv_std, beta, out3, stats.centred or _is_small(x3))
+    normalize(x3, mean, gamma * stats.inv_std, beta, out3, stats.centred)
 
 
 def backward(x3: Array, dout3: Array, stats: Stats, gamma: F64, out3: Array) -> tuple[F64, F64]:

@@ -92,6 +92,12 @@ def test_float32_matches_float64(path, location, spread, rng) -> None:
     dx32, dx64 = bn32.backward(dout), bn64.backward(dout.astype(np.float64))
     assert np.max(np.abs(dx32 - dx64)) <= 1e-5 * np.max(np.abs(dx64))
     np.testing.assert_allclose(bn32.dgamma, bn64.dgamma, rtol=1e-4)
+    # Prediction with moving statistics that match the data, so that the output is of unit size.
+    stats = {"moving_mean": bn64.mean, "moving_var": bn64.var}
+    pred32 = BatchNormalization(gamma, np.ones(3), **stats).forward(x, train_flg=False)
+    pred64 = BatchNormalization(gamma, np.ones(3), **stats).forward(x.astype(np.float64), train_flg=False)
+    assert pred32.dtype == np.float32
+    assert np.max(np.abs(pred32 - pred64)) <= 1e-5 * np.max(np.abs(pred64))
 
 
 def test_statistics_survive_drift_along_the_batch(monkeypatch, rng) -> None:
