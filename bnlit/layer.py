@@ -38,11 +38,7 @@ def _describe(a: np.ndarray) -> str:
 def _as_data(value: ArrayLike, name: str) -> Array:
     """``value`` as a 2-D or 4-D float array; integers become float64."""
     a = np.asarray(value)
-    if a.dtype.kind in "iu":
-        a = a.astype(np.float64)
-    elif a.dtype == np.float16:
-        a = a.astype(np.float32)
-    elif a.dtype not in (np.float32, np.float64):
+    if not (a.dtype.kind in "iu" or a.dtype in (np.float16, np.float32, np.float64)):
         raise TypeError(
             f"{name} must hold real numbers (float32, float64, float16 or integers); "
             f"got {_describe(a)}"
@@ -51,7 +47,9 @@ def _as_data(value: ArrayLike, name: str) -> Array:
         raise ValueError(
             f"{name} must be 2-D (N, D) or 4-D (N, C, H, W); got {a.ndim}-D, shape {a.shape}"
         )
-    return a
+    if a.dtype.kind in "iu":
+        return a.astype(np.float64)
+    return a.astype(np.float32) if a.dtype == np.float16 else a
 
 
 def _as_channel_vector(value: object, name: str, channels: Optional[int]) -> NDArray[np.float64]:
@@ -150,7 +148,9 @@ class BatchNormalization:
     4-D statistics are per channel over N, H and W, as in the seed's NHWC
     reshape and in PyTorch's ``BatchNorm2d``. The layer keeps a reference to the
     last training input for ``backward`` (as frameworks keep saved tensors):
-    do not modify that array in place before calling ``backward``.
+    do not modify that array in place before calling ``backward``. NaN and
+    infinite values are not looked for (that would cost a pass over the data);
+    they propagate to the outputs.
 
     Examples
     --------
