@@ -17,9 +17,14 @@ reports medians and ratios:
   NumPy's allocations, not PyTorch's).
 
 Usage: ``python benchmarks/bench.py [--quick | --shapes 64,64,56,56 ...] [--threads 1 2] [--save PATH]``.
-Each thread count runs in its own process, with the BLAS/OpenMP thread
-variables set before NumPy loads (NumPy's element-wise loops use one thread
-whatever they say; PyTorch follows ``torch.set_num_threads``).
+Each thread count runs in its own process, with the thread variables set
+before NumPy loads: ``BNLIT_NUM_THREADS`` for bnlit's streaming kernels (NumPy's
+own element-wise loops use one thread), the BLAS/OpenMP ones, and
+``torch.set_num_threads`` for PyTorch. Each timed call follows an untimed call
+of the same implementation, so that every implementation is measured in its
+own steady state: PyTorch's OpenMP threads spin on the cores for a while after
+a call (slowing whatever else runs next), and idle worker threads, of
+PyTorch or bnlit, take time to wake.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from pathlib import Path
 SHAPES = [(64, 64, 56, 56), (32, 256, 14, 14), (8, 16, 8, 8), (4096, 1024)]
 QUICK_SHAPES = [(16, 64, 28, 28), (8, 16, 8, 8), (1024, 256)]
 DTYPES = ["float32", "float64"]
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BNLIT_NUM_THREADS")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SAVE = ROOT / "docs" / "data" / "benchmark.json"
 
@@ -89,6 +94,7 @@ def measure(threads: int, shapes: list[tuple[int, ...]]) -> list[dict]:
                 copies.append(time.perf_counter() - start)
                 for k in range(len(names)):  # a different order each time: no one always runs first
                     name = names[(rep + k) % len(names)]
+                    runners[name]()  # untimed: every implementation starts from its own warm state
                     times[name].append(runners[name]())
             copy_time = float(np.median(copies))
             floor = 8 * x.nbytes / (2 * x.nbytes / copy_time)  # 8 passes at the copy's bytes per second

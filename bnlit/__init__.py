@@ -3,6 +3,7 @@
 >>> from bnlit import BatchNormalization
 """
 
+from ._kernels import get_num_threads, set_num_threads
 from .graph import BackwardSteps, ForwardSteps, staged_backward, staged_forward
 from .layer import BatchNormalization, LayerStateError
 
@@ -15,5 +16,7 @@ __all__ = [
     "BackwardSteps",
     "staged_forward",
     "staged_backward",
+    "set_num_threads",
+    "get_num_threads",
     "__version__",
 ]

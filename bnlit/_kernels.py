@@ -22,9 +22,12 @@ The layer calls :func:`train_forward`, :func:`predict_forward` and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,10 +45,65 @@ MAX_BLOCK_ROWS = 256
 #: Below this many bytes everything fits in cache at once: per-call overhead
 #: dominates, so per-channel constants stay ``(C, 1)`` columns.
 SMALL_BYTES = 1 << 18
+#: Threads are used only when each gets at least this many blocks: below that,
+#: starting them costs more than they save.
+MIN_BLOCKS_PER_THREAD = 8
 #: How many spreads from zero a channel's mean may lie for the shorter formulas.
 CENTRED_RATIO = 8.0
 
 Block = tuple[slice, slice]  # (rows of the batch axis, channels)
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------ threads
+# NumPy releases the GIL inside its loops, so a few threads working on separate
+# blocks run in parallel. Off (1 thread) unless asked: see set_num_threads.
+_threads = max(1, int(os.environ.get("BNLIT_NUM_THREADS", "1") or 1))
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_lock = threading.Lock()
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in the streaming kernels (1, the default, uses none).
+
+    The environment variable ``BNLIT_NUM_THREADS`` sets the starting value.
+    Results can differ in the last bits between thread counts (the partial sums
+    are added in another grouping), never between runs with the same count.
+    """
+    global _threads, _pool
+    if int(n) < 1:
+        raise ValueError(f"the number of threads must be at least 1; got {n!r}")
+    with _pool_lock:
+        if _pool is not None and int(n) != _threads:
+            _pool.shutdown(wait=True)
+            _pool = None
+        _threads = int(n)
+
+
+def _add(parts: list[tuple[F64, F64]]) -> tuple[F64, F64]:
+    """The threads' partial sums, added in block order."""
+    return np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)
+
+
+def get_num_threads() -> int:
+    """The number of threads the streaming kernels use."""
+    return _threads
+
+
+def _run(work: Callable[[list[Block]], T], x3: Array) -> list[T]:
+    """``work`` on every block of ``x3``: in one go, or split into contiguous
+    groups of blocks, one per thread. Results come back in block order."""
+    global _pool
+    blocks = list(_blocks(x3))
+    threads = min(_threads, len(blocks) // MIN_BLOCKS_PER_THREAD)
+    if threads <= 1:
+        return [work(blocks)]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="bnlit")
+        pool = _pool
+    groups = [list(g) for g in np.array_split(np.arange(len(blocks)), threads)]
+    return list(pool.map(lambda group: work([blocks[i] for i in group]), groups))
 
 
 def _blocks(x3: Array) -> Iterator[Block]:
@@ -125,14 +183,18 @@ def channel_stats(x3: Array) -> tuple[F64, F64]:
     if first.shape[1] != channels:  # blocks split channels: fall back to the general path
         return channel_stats_blockwise(x3)
     shift_hi = _per_channel(first_mean, x3)
-    s1 = np.zeros(channels)
-    s2 = np.zeros(channels)
-    scratch = _scratch(x3)
-    for rows, chans in _blocks(x3):
-        block = x3[rows, chans]
-        centred = np.subtract(block, shift_hi, out=scratch[: block.shape[0]])
-        s1 += _channel_sum(centred)
-        s2 += _channel_dot(centred, centred)
+
+    def sums(blocks: list[Block]) -> tuple[F64, F64]:
+        s1, s2 = np.zeros(channels), np.zeros(channels)
+        scratch = _scratch(x3)
+        for rows, _ in blocks:
+            block = x3[rows]
+            centred = np.subtract(block, shift_hi, out=scratch[: block.shape[0]])
+            s1 += _channel_sum(centred)
+            s2 += _channel_dot(centred, centred)
+        return s1, s2
+
+    s1, s2 = _add(_run(sums, x3))
     count = x3.shape[0] * s
     offset = s1 / count  # mean - shift_hi
     m2 = s2 - s1 * offset
@@ -184,37 +246,44 @@ def normalize(x3: Array, mean: F64, scale: F64, shift: F64, out3: Array, centred
     """``out3 = (x3 - mean) * scale + shift``, per channel, block by block."""
     if centred:
         scale_c, offset_c = _per_channel(scale, x3), _per_channel(shift - mean * scale, x3)
-        for rows, chans in _blocks(x3):
-            o = np.multiply(x3[rows, chans], scale_c[chans], out=out3[rows, chans])
-            o += offset_c[chans]
-        return
-    mean_hi, lo = _split(mean, x3)
-    scale_c, shift_c = _per_channel(scale, x3), _per_channel(shift - lo * scale, x3)
-    for rows, chans in _blocks(x3):
-        o = np.subtract(x3[rows, chans], mean_hi[chans], out=out3[rows, chans])
-        o *= scale_c[chans]
-        o += shift_c[chans]
+
+        def work(blocks: list[Block]) -> None:
+            for rows, chans in blocks:
+                o = np.multiply(x3[rows, chans], scale_c[chans], out=out3[rows, chans])
+                o += offset_c[chans]
+
+    else:
+        mean_hi, lo = _split(mean, x3)
+        scale_c, shift_c = _per_channel(scale, x3), _per_channel(shift - lo * scale, x3)
+
+        def work(blocks: list[Block]) -> None:
+            for rows, chans in blocks:
+                o = np.subtract(x3[rows, chans], mean_hi[chans], out=out3[rows, chans])
+                o *= scale_c[chans]
+                o += shift_c[chans]
+
+    _run(work, x3)
 
 
 def backward_sums(x3: Array, dout3: Array, mean: F64, centred: bool) -> tuple[F64, F64]:
     """Per channel ``sum(dout)`` and ``sum(dout * (x - mean))`` in one pass."""
     channels = x3.shape[1]
-    sum_dout = np.zeros(channels)
-    sum_dout_xmu = np.zeros(channels)
-    if centred:  # sum(dout * x) - mean * sum(dout): no cancellation to fear
-        for rows, chans in _blocks(x3):
-            d = dout3[rows, chans]
-            sum_dout[chans] += _channel_sum(d)
-            sum_dout_xmu[chans] += _channel_dot(d, x3[rows, chans])
-        return sum_dout, sum_dout_xmu - mean * sum_dout
     mean_hi, lo = _split(mean, x3)
-    scratch = _scratch(x3)
-    for rows, chans in _blocks(x3):
-        d = dout3[rows, chans]
-        centred_x = np.subtract(x3[rows, chans], mean_hi[chans], out=scratch[: d.shape[0], : d.shape[1]])
-        sum_dout[chans] += _channel_sum(d)
-        sum_dout_xmu[chans] += _channel_dot(d, centred_x)
-    return sum_dout, sum_dout_xmu - lo * sum_dout
+
+    def sums(blocks: list[Block]) -> tuple[F64, F64]:
+        sum_dout, sum_dout_x = np.zeros(channels), np.zeros(channels)
+        scratch = None if centred else _scratch(x3)
+        for rows, chans in blocks:
+            d, x = dout3[rows, chans], x3[rows, chans]
+            if scratch is not None:  # far from zero: centre exactly first
+                x = np.subtract(x, mean_hi[chans], out=scratch[: d.shape[0], : d.shape[1]])
+            sum_dout[chans] += _channel_sum(d)
+            sum_dout_x[chans] += _channel_dot(d, x)
+        return sum_dout, sum_dout_x
+
+    sum_dout, sum_dout_x = _add(_run(sums, x3))
+    # sum(dout * (x - mean)) from the sum about zero (centred) or about mean_hi.
+    return sum_dout, sum_dout_x - (mean if centred else lo) * sum_dout
 
 
 def input_grad(
@@ -222,22 +291,22 @@ def input_grad(
 ) -> None:
     """``out3 = scale * (dout3 + slope * (x3 - mean) + offset)``, per channel, block by block."""
     scale_c, slope_c = _per_channel(scale, x3), _per_channel(slope, x3)
-    if centred:
-        offset_c = _per_channel(offset - slope * mean, x3)
-        for rows, chans in _blocks(x3):
-            o = np.multiply(x3[rows, chans], slope_c[chans], out=out3[rows, chans])
+    mean_hi, lo = _split(mean, x3)
+    # Centred: slope * x + (offset - slope * mean); else slope * (x - mean_hi) + (offset - slope * lo).
+    offset_c = _per_channel(offset - slope * (mean if centred else lo), x3)
+
+    def work(blocks: list[Block]) -> None:
+        for rows, chans in blocks:
+            if centred:
+                o = np.multiply(x3[rows, chans], slope_c[chans], out=out3[rows, chans])
+            else:
+                o = np.subtract(x3[rows, chans], mean_hi[chans], out=out3[rows, chans])
+                o *= slope_c[chans]
             o += dout3[rows, chans]
             o += offset_c[chans]
             o *= scale_c[chans]
-        return
-    mean_hi, lo = _split(mean, x3)
-    offset_c = _per_channel(offset - slope * lo, x3)
-    for rows, chans in _blocks(x3):
-        o = np.subtract(x3[rows, chans], mean_hi[chans], out=out3[rows, chans])
-        o *= slope_c[chans]
-        o += dout3[rows, chans]
-        o += offset_c[chans]
-        o *= scale_c[chans]
+
+    _run(work, x3)
 
 
 # ------------------------------------------------------------------ the layer's entry points

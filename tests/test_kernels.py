@@ -8,6 +8,8 @@ streaming by whole rows, and streaming with rows split by channels.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -19,14 +21,20 @@ PATHS = {
     "plain": {},
     "streaming": {"SMALL_BYTES": 0, "BLOCK_BYTES": 4096},
     "streaming-split-rows": {"SMALL_BYTES": 0, "BLOCK_BYTES": 64},
+    "streaming-3-threads": {"SMALL_BYTES": 0, "BLOCK_BYTES": 512, "threads": 3},
 }
 
 
 @pytest.fixture(params=list(PATHS))
 def path(request, monkeypatch) -> str:
-    for name, value in PATHS[request.param].items():
+    settings = dict(PATHS[request.param])
+    threads = settings.pop("threads", 1)
+    for name, value in settings.items():
         monkeypatch.setattr(_kernels, name, value)
-    return request.param
+    before = _kernels.get_num_threads()
+    _kernels.set_num_threads(threads)
+    yield request.param
+    _kernels.set_num_threads(before)
 
 
 def test_the_paths_are_taken(path) -> None:
@@ -38,6 +46,10 @@ def test_the_paths_are_taken(path) -> None:
         assert not _kernels._is_small(x3) and len(blocks) > 1
         split = path == "streaming-split-rows"
         assert any(chans != slice(None) for _, chans in blocks) == split
+    if path == "streaming-3-threads":
+        names = _kernels._run(lambda group: (threading.current_thread().name, len(group)), x3)
+        assert len(names) == 3 and sum(n for _, n in names) == len(blocks)
+        assert all(name.startswith("bnlit") for name, _ in names)
     covered = np.zeros(x3.shape, dtype=int)
     for rows, chans in blocks:
         covered[rows, chans] += 1
@@ -113,6 +125,24 @@ def test_statistics_survive_drift_along_the_batch(monkeypatch, rng) -> None:
     reference = x.astype(np.float64)
     np.testing.assert_allclose(mean, reference.mean(axis=0), rtol=1e-7)
     np.testing.assert_allclose(var, reference.var(axis=0), rtol=1e-5)
+
+
+def test_threads_give_the_same_results(monkeypatch, rng) -> None:
+    monkeypatch.setattr(_kernels, "SMALL_BYTES", 0)
+    monkeypatch.setattr(_kernels, "BLOCK_BYTES", 2048)
+    x = rng.normal(2.0, 3.0, size=(64, 5, 4, 4))
+    dout = rng.normal(size=x.shape)
+    results = {}
+    for threads in (1, 2, 4):
+        _kernels.set_num_threads(threads)
+        bn = BatchNormalization(np.ones(5), np.zeros(5))
+        results[threads] = (bn.forward(x), bn.backward(dout), bn.dgamma)
+    _kernels.set_num_threads(1)
+    for threads in (2, 4):
+        for one, many in zip(results[1], results[threads]):
+            np.testing.assert_allclose(many, one, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="at least 1"):
+        _kernels.set_num_threads(0)
 
 
 def test_centred_decision() -> None:
