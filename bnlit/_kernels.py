@@ -16,6 +16,9 @@ Inputs of at most ``SMALL_BYTES`` take a plain path instead: whole-array
 operations in float64, keeping the centred input for the backward pass. There
 the cost is the number of NumPy calls, not memory traffic.
 
+With ``set_num_threads(n)``, large inputs are split into ``n`` contiguous groups
+of blocks that threads work on at once (NumPy releases the GIL in its loops).
+
 The layer calls :func:`train_forward`, :func:`predict_forward` and
 :func:`backward`; the rest are their parts.
 """
@@ -58,7 +61,14 @@ T = TypeVar("T")
 # ------------------------------------------------------------------ threads
 # NumPy releases the GIL inside its loops, so a few threads working on separate
 # blocks run in parallel. Off (1 thread) unless asked: see set_num_threads.
-_threads = max(1, int(os.environ.get("BNLIT_NUM_THREADS", "1") or 1))
+def _threads_from_environment() -> int:
+    text = os.environ.get("BNLIT_NUM_THREADS", "").strip() or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"BNLIT_NUM_THREADS must be a whole number of at least 1; got {text!r}")
+    return int(text)
+
+
+_threads = _threads_from_environment()
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_lock = threading.Lock()
 
@@ -80,11 +90,6 @@ def set_num_threads(n: int) -> None:
         _threads = int(n)
 
 
-def _add(parts: list[tuple[F64, F64]]) -> tuple[F64, F64]:
-    """The threads' partial sums, added in block order."""
-    return np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)
-
-
 def get_num_threads() -> int:
     """The number of threads the streaming kernels use."""
     return _threads
@@ -104,6 +109,11 @@ def _run(work: Callable[[list[Block]], T], x3: Array) -> list[T]:
         pool = _pool
     groups = [list(g) for g in np.array_split(np.arange(len(blocks)), threads)]
     return list(pool.map(lambda group: work([blocks[i] for i in group]), groups))
+
+
+def _add(parts: list[tuple[F64, F64]]) -> tuple[F64, F64]:
+    """The threads' partial sums, added in block order."""
+    return np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)
 
 
 def _blocks(x3: Array) -> Iterator[Block]:

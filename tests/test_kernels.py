@@ -149,3 +149,14 @@ def test_centred_decision() -> None:
     spread = np.ones(2)
     assert _kernels.is_centred(np.array([0.0, _kernels.CENTRED_RATIO]), spread)
     assert not _kernels.is_centred(np.array([0.0, 1.01 * _kernels.CENTRED_RATIO]), spread)
+
+
+def test_thread_count_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("BNLIT_NUM_THREADS", "3")
+    assert _kernels._threads_from_environment() == 3
+    monkeypatch.setenv("BNLIT_NUM_THREADS", "")
+    assert _kernels._threads_from_environment() == 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("BNLIT_NUM_THREADS", bad)
+        with pytest.raises(ValueError, match="BNLIT_NUM_THREADS must be a whole number"):
+            _kernels._threads_from_environment()
