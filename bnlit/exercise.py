@@ -12,7 +12,9 @@ the actual values and a one-line hint.
 >>> report = check(MyBatchNormalization)        # doctest: +SKIP
 >>> report.ok, report.step                      # doctest: +SKIP
 (False, 'a7')
->>> print(report)                               # doctest: +SKIP
+
+``str(report)`` is the message to read: the first wrong quantity, the expected
+and the actual values, and a hint.
 """
 
 from __future__ import annotations
