@@ -32,6 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .graph import staged_backward, staged_forward
+from .layer import BatchNormalization
 
 __all__ = ["STEPS", "HINTS", "Report", "check"]
 
@@ -159,27 +160,19 @@ def _to_rows(a: np.ndarray) -> np.ndarray:
 
 
 def _expected(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np.ndarray) -> dict[str, np.ndarray]:
-    """Reference values from bnlit's staged graph, in the notebook's (N, D) layout."""
+    """Reference values: the intermediates from bnlit's staged graph in the notebook's
+    (N, D) layout, the public results from bnlit's layer."""
     f = staged_forward(_to_rows(x), gamma, beta, _EPSILON)
     b = staged_backward(f, _to_rows(dout))
-    moving_mean = (1 - _RHO) * f.mu.ravel()
-    moving_var = (1 - _RHO) * f.var.ravel()
-    predict = (x - _channel(moving_mean, x)) / np.sqrt(_channel(moving_var, x) + _EPSILON)
     values = {name: getattr(f, name) for name in _FORWARD_LOCALS}
     values |= {f"a{k}": getattr(b, f"a{k}") for k in range(1, 10)}
-    back = lambda a: a if x.ndim == 2 else a.reshape(x.shape[0], x.shape[2], x.shape[3], -1).transpose(0, 3, 1, 2)  # noqa: E731
-    values |= {
-        "out": back(f.out), "moving_mean": moving_mean, "moving_var": moving_var,
-        "predict": predict * _channel(gamma, x) + _channel(beta, x),
-        "dbeta": b.dbeta, "dgamma": b.dgamma, "dx": back(b.grad_x),
-    }
+    layer = BatchNormalization(gamma, beta, _RHO, epsilon=_EPSILON)
+    values["out"] = layer.forward(x, train_flg=True)
+    values["moving_mean"], values["moving_var"] = layer.moving_mean, layer.moving_var
+    values["predict"] = layer.forward(x, train_flg=False)
+    values["dx"] = layer.backward(dout)
+    values["dgamma"], values["dbeta"] = layer.dgamma, layer.dbeta
     return values
-
-
-def _channel(v: np.ndarray, like: np.ndarray) -> np.ndarray:
-    shape = [1] * like.ndim
-    shape[1] = -1
-    return np.reshape(v, shape)
 
 
 def _matches(actual: Any, expected: np.ndarray) -> bool:
