@@ -188,10 +188,10 @@ def channel_stats(x3: Array) -> tuple[F64, F64]:
     """
     channels, s = x3.shape[1], x3.shape[2]
     rows, chans = next(_blocks(x3))
-    first = x3[rows, chans]
-    first_mean = _channel_sum(first) / (first.shape[0] * s)
-    if first.shape[1] != channels:  # blocks split channels: fall back to the general path
+    if chans != slice(None):  # rows too long for a block, split by channels: the general path
         return channel_stats_blockwise(x3)
+    first = x3[rows]
+    first_mean = _channel_sum(first) / (first.shape[0] * s)
     shift_hi = _per_channel(first_mean, x3)
 
     def sums(blocks: list[Block]) -> tuple[F64, F64]:
@@ -373,18 +373,18 @@ def backward(x3: Array, dout3: Array, stats: Stats, gamma: F64, out3: Array) -> 
     """
     n = x3.shape[0] * x3.shape[2]
     inv_std = stats.inv_std
-    if stats.centred_x is not None:
-        centred_x = stats.centred_x
+    centred_x = stats.centred_x
+    if centred_x is not None:  # plain path: the centred input is at hand
         sum_dout = dout3.sum(axis=(0, 2), dtype=np.float64)
         sum_dout_xmu = np.einsum("ncs,ncs->c", dout3, centred_x)
-        grad = centred_x * (-(inv_std**2) * sum_dout_xmu / n)[:, None]
-        grad += dout3
-        grad -= (sum_dout / n)[:, None]
-        np.multiply(grad, (gamma * inv_std)[:, None], out=out3, casting="same_kind")
     else:
         sum_dout, sum_dout_xmu = backward_sums(x3, dout3, stats.mean, stats.centred)
-        input_grad(
-            x3, dout3, stats.mean, gamma * inv_std, -(inv_std**2) * sum_dout_xmu / n, -sum_dout / n,
-            out3, stats.centred,
-        )
+    scale, slope, offset = gamma * inv_std, -(inv_std**2) * sum_dout_xmu / n, -sum_dout / n
+    if centred_x is not None:
+        grad = centred_x * slope[:, None]
+        grad += dout3
+        grad += offset[:, None]
+        np.multiply(grad, scale[:, None], out=out3, casting="same_kind")
+    else:
+        input_grad(x3, dout3, stats.mean, scale, slope, offset, out3, stats.centred)
     return sum_dout, inv_std * sum_dout_xmu

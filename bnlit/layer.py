@@ -78,6 +78,11 @@ def _check_out(out: object, like: Array, name: str, *avoid: Array) -> Array:
     return out
 
 
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1]; got {value!r}")
+
+
 def _as_3d(a: Array) -> Array:
     """(N, D) -> (N, D, 1) and (N, C, H, W) -> (N, C, H*W): channels on axis 1."""
     return a.reshape(a.shape[0], a.shape[1], -1)
@@ -185,11 +190,9 @@ class BatchNormalization:
                     f"give rho (weight of the old value) or momentum (weight of the new value), "
                     f"not both; got rho={rho!r} and momentum={momentum!r}"
                 )
-            if not 0.0 <= float(momentum) <= 1.0:
-                raise ValueError(f"momentum must lie in [0, 1]; got {momentum!r}")
+            _check_fraction("momentum", momentum)
             rho = 1.0 - float(momentum)
-        if not 0.0 <= float(rho) <= 1.0:
-            raise ValueError(f"rho must lie in [0, 1]; got {rho!r}")
+        _check_fraction("rho", rho)
         if not float(epsilon) > 0.0:
             raise ValueError(f"epsilon must be positive; got {epsilon!r}")
         channels = gamma_v.shape[0]
@@ -227,8 +230,7 @@ class BatchNormalization:
             raise ValueError(
                 f"the input has {channels} channels (axis 1), which gamma and beta must match: {err}"
             ) from None
-        if not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"rho must lie in [0, 1]; got {self.rho!r}")
+        _check_fraction("rho", self.rho)  # it may have been rebound since
         return gamma, beta
 
     # ----------------------------------------------------------------- forward
@@ -333,7 +335,8 @@ class BatchNormalization:
         weight = self.rho**self.steps
         if self.steps == 0 or weight == 1.0:
             return np.asarray(self.moving_mean, np.float64), np.asarray(self.moving_var, np.float64)
-        start_mean, start_var = (np.zeros_like(m) if s is None else s for s, m in zip(self._moving_start, (self.moving_mean, self.moving_var)))
+        start_mean, start_var = self._moving_start  # set by the first training call at the latest
+        assert start_mean is not None and start_var is not None
         mean = (self.moving_mean - weight * start_mean) / (1 - weight)
         var = (self.moving_var - weight * start_var) / (1 - weight)
         return mean, np.maximum(var, 0.0)
