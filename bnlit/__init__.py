@@ -3,7 +3,7 @@
 >>> from bnlit import BatchNormalization
 """
 
-from ._kernels import get_num_threads, set_num_threads
+from ._threads import get_num_threads, set_num_threads
 from .graph import BackwardSteps, ForwardSteps, staged_backward, staged_forward
 from .layer import BatchNormalization, LayerStateError
 

@@ -1,19 +1,26 @@
-"""The batch normalization layer with the course notebook's interface."""
+"""The batch normalization layer with the course notebook's interface.
+
+The layer validates, calls an engine (:mod:`bnlit.engines`) or the staged graph
+(:mod:`bnlit.graph`), and keeps state; it computes nothing itself.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _kernels
-from .graph import BackwardSteps, ForwardSteps, staged_backward, staged_forward
+from ._intermediates import SeedIntermediates, TrainingCache
+from ._validate import as_3d, as_channel_vector, as_data, as_grad, check_fraction, check_positive, output
+from .engines import get_engine
+from .graph import BackwardSteps, staged_backward, staged_forward
+from .stats import Stats, stats_from
 
 __all__ = ["BatchNormalization", "LayerStateError"]
 
 Array = NDArray[np.floating]
+F64 = NDArray[np.float64]
 
 
 class LayerStateError(ValueError, RuntimeError):
@@ -22,73 +29,7 @@ class LayerStateError(ValueError, RuntimeError):
     ``RuntimeError``."""
 
 
-@dataclass(frozen=True)
-class _TrainingCache:
-    """What the last training forward leaves for ``backward``."""
-
-    x: Array  # the input, in the compute dtype (not a copy when already float)
-    stats: _kernels.Stats  # per-channel mean, var, inv_std
-    steps: Optional[ForwardSteps]  # the staged graph's nodes, in staged mode
-
-
-def _describe(a: np.ndarray) -> str:
-    return f"an array of shape {a.shape} and dtype {a.dtype}"
-
-
-def _as_data(value: ArrayLike, name: str) -> Array:
-    """``value`` as a 2-D or 4-D float array; integers become float64."""
-    a = np.asarray(value)
-    if not (a.dtype.kind in "iu" or a.dtype in (np.float16, np.float32, np.float64)):
-        raise TypeError(
-            f"{name} must hold real numbers (float32, float64, float16 or integers); "
-            f"got {_describe(a)}"
-        )
-    if a.ndim not in (2, 4):
-        raise ValueError(
-            f"{name} must be 2-D (N, D) or 4-D (N, C, H, W); got {a.ndim}-D, shape {a.shape}"
-        )
-    if a.dtype.kind in "iu":
-        return a.astype(np.float64)
-    return a.astype(np.float32) if a.dtype == np.float16 else a
-
-
-def _as_channel_vector(value: object, name: str, channels: Optional[int]) -> NDArray[np.float64]:
-    if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == (channels,):
-        return value  # the common case, checked cheaply: this runs at every call
-    a = np.asarray(value)
-    if a.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be a 1-D array of real numbers; got {_describe(a)}")
-    if a.ndim != 1 or (channels is not None and a.shape[0] != channels):
-        want = "a 1-D array" if channels is None else f"shape ({channels},)"
-        raise ValueError(f"{name} must have {want}; got shape {a.shape}")
-    return a.astype(np.float64)
-
-
-def _check_out(out: object, like: Array, name: str, *avoid: Array) -> Array:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}")
-    if out.shape != like.shape or out.dtype != like.dtype or not out.flags.c_contiguous:
-        raise ValueError(
-            f"{name} must be a C-contiguous array of shape {like.shape} and dtype "
-            f"{like.dtype}; got {_describe(out)}"
-            + ("" if out.flags.c_contiguous else " that is not C-contiguous")
-        )
-    if any(np.may_share_memory(out, a) for a in avoid):
-        raise ValueError(f"{name} must not share memory with the layer's inputs")
-    return out
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1]; got {value!r}")
-
-
-def _as_3d(a: Array) -> Array:
-    """(N, D) -> (N, D, 1) and (N, C, H, W) -> (N, C, H*W): channels on axis 1."""
-    return a.reshape(a.shape[0], a.shape[1], -1)
-
-
-class BatchNormalization:
+class BatchNormalization(SeedIntermediates):
     """Batch normalization layer (Ioffe & Szegedy, 2015) with the seed's interface.
 
     Training: each channel is standardised with the batch's mean and (biased)
@@ -130,6 +71,8 @@ class BatchNormalization:
         Predict with :meth:`corrected_moving_statistics`, which removes the
         weight the moving averages still give their starting value (zeros in
         the seed) after few training steps, as Adam does.
+    engine : str, default "numpy"
+        The compute engine (see :mod:`bnlit.engines`).
 
     Attributes
     ----------
@@ -181,34 +124,30 @@ class BatchNormalization:
         momentum: Optional[float] = None,
         unbiased_moving_var: bool = False,
         bias_correction: bool = False,
+        engine: str = "numpy",
     ) -> None:
-        gamma_v = _as_channel_vector(gamma, "gamma", None)
-        _as_channel_vector(beta, "beta", gamma_v.shape[0])
+        channels = as_channel_vector(gamma, "gamma", None).shape[0]
+        as_channel_vector(beta, "beta", channels)
         if momentum is not None:
             if rho != 0.9:
                 raise ValueError(
                     f"give rho (weight of the old value) or momentum (weight of the new value), "
                     f"not both; got rho={rho!r} and momentum={momentum!r}"
                 )
-            _check_fraction("momentum", momentum)
+            check_fraction("momentum", momentum)
             rho = 1.0 - float(momentum)
-        _check_fraction("rho", rho)
-        if not float(epsilon) > 0.0:
-            raise ValueError(f"epsilon must be positive; got {epsilon!r}")
-        channels = gamma_v.shape[0]
-        self.gamma = gamma
-        self.beta = beta
-        self.rho = float(rho)
-        self.epsilon = float(epsilon)
-        self.staged = bool(staged)
-        self.moving_mean: Optional[NDArray[np.float64]] = (
-            None if moving_mean is None else _as_channel_vector(moving_mean, "moving_mean", channels).copy()
-        )
-        self.moving_var: Optional[NDArray[np.float64]] = (
-            None if moving_var is None else _as_channel_vector(moving_var, "moving_var", channels).copy()
-        )
-        if self.moving_var is not None and np.any(self.moving_var < 0):
+        check_fraction("rho", rho)
+        check_positive("epsilon", epsilon)
+        starts = [None if v is None else as_channel_vector(v, name, channels).copy()
+                  for name, v in (("moving_mean", moving_mean), ("moving_var", moving_var))]
+        if starts[1] is not None and np.any(starts[1] < 0):
             raise ValueError("moving_var must be non-negative")
+        self._engine = get_engine(engine)
+        self.gamma, self.beta = gamma, beta
+        self.rho, self.epsilon = float(rho), float(epsilon)
+        self.staged = bool(staged)
+        self.moving_mean: Optional[F64] = starts[0]
+        self.moving_var: Optional[F64] = starts[1]
         self.unbiased_moving_var = bool(unbiased_moving_var)
         self.bias_correction = bool(bias_correction)
         #: Training calls that updated the moving statistics (for bias_correction).
@@ -218,19 +157,23 @@ class BatchNormalization:
         self.dgamma: Optional[Array] = None
         self.dbeta: Optional[Array] = None
         self.backward_steps: Optional[BackwardSteps] = None
-        self._cache: Optional[_TrainingCache] = None
+        self._cache: Optional[TrainingCache] = None
 
-    # ------------------------------------------------------------------ checks
-    def _params(self, channels: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    @property
+    def engine(self) -> str:
+        """The name of the compute engine."""
+        return self._engine.name
+
+    def _params(self, channels: int) -> tuple[F64, F64]:
         """gamma and beta as float64 vectors, checked against the data's channels."""
         try:
-            gamma = _as_channel_vector(self.gamma, "gamma", channels)
-            beta = _as_channel_vector(self.beta, "beta", channels)
+            gamma = as_channel_vector(self.gamma, "gamma", channels)
+            beta = as_channel_vector(self.beta, "beta", channels)
         except ValueError as err:
             raise ValueError(
                 f"the input has {channels} channels (axis 1), which gamma and beta must match: {err}"
             ) from None
-        _check_fraction("rho", self.rho)  # it may have been rebound since
+        check_fraction("rho", self.rho)  # it may have been rebound since
         return gamma, beta
 
     # ----------------------------------------------------------------- forward
@@ -264,64 +207,63 @@ class BatchNormalization:
         LayerStateError
             Prediction before any moving statistics exist.
         """
-        data = _as_data(x, "x")
-        channels = data.shape[1]
-        gamma, beta = self._params(channels)
-        if out is None:
-            out = np.empty(data.shape, dtype=data.dtype)
-        else:
-            _check_out(out, data, "out", *((data,) if train_flg else ()))
+        x = as_data(x, "x")
+        gamma, beta = self._params(x.shape[1])
+        out = output(out, x, "out", *((x,) if train_flg else ()))
         if train_flg:
-            self._train_forward(data, gamma, beta, out)
+            self._train_forward(x, gamma, beta, out)
         else:
-            self._predict_forward(data, gamma, beta, out)
+            stats = self._prediction_stats(x.shape[1])
+            self._engine.normalize_with(as_3d(x), stats, gamma, beta, as_3d(out))
         return out
 
-    def _train_forward(self, x: Array, gamma: NDArray[np.float64], beta: NDArray[np.float64], out: Array) -> None:
+    def _train_forward(self, x: Array, gamma: F64, beta: F64, out: Array) -> None:
         channels = x.shape[1]
-        per_channel = x.size // channels if channels else 0
-        if per_channel < 2:
+        count = x.size // channels if channels else 0
+        if count < 2:
             raise ValueError(
                 "training needs at least 2 values per channel to estimate a variance; "
-                f"got {per_channel} for input shape {x.shape}"
+                f"got {count} for input shape {x.shape}"
             )
         for name, moving in (("moving_mean", self.moving_mean), ("moving_var", self.moving_var)):
             if moving is not None:
-                _as_channel_vector(moving, name, channels)
+                as_channel_vector(moving, name, channels)
         steps = None
         if self.staged:
             steps = staged_forward(x, gamma, beta, self.epsilon)
-            stats = _kernels.stats_from(steps.mu.ravel().astype(np.float64), steps.var.ravel().astype(np.float64), self.epsilon)
+            stats = stats_from(steps.mu.ravel().astype(np.float64), steps.var.ravel().astype(np.float64), self.epsilon)
             out[...] = steps.out
         else:
-            stats = _kernels.train_forward(_as_3d(x), gamma, beta, self.epsilon, _as_3d(out))
+            stats = self._engine.train_forward(as_3d(x), gamma, beta, self.epsilon, as_3d(out))
         # Everything is computed: only now does the layer's state change.
+        self._update_moving_statistics(stats, count)
+        self.batch_size = count
+        self._cache = TrainingCache(x, stats, steps)
+        self.backward_steps = None
+
+    def _update_moving_statistics(self, stats: Stats, count: int) -> None:
         if self.moving_mean is None or self.moving_var is None:
-            self.moving_mean, self.moving_var = np.zeros(channels), np.zeros(channels)
+            self.moving_mean, self.moving_var = np.zeros(stats.mean.shape), np.zeros(stats.mean.shape)
             self._moving_start = (self.moving_mean, self.moving_var)
             self.steps = 0
-        batch_var = stats.var * (per_channel / (per_channel - 1)) if self.unbiased_moving_var else stats.var
+        batch_var = stats.var * (count / (count - 1)) if self.unbiased_moving_var else stats.var
         self.moving_mean = self.rho * np.asarray(self.moving_mean, np.float64) + (1 - self.rho) * stats.mean
         self.moving_var = self.rho * np.asarray(self.moving_var, np.float64) + (1 - self.rho) * batch_var
         self.steps += 1
-        self.batch_size = per_channel
-        self._cache = _TrainingCache(x, stats, steps)
-        self.backward_steps = None
 
-    def _predict_forward(self, x: Array, gamma: NDArray[np.float64], beta: NDArray[np.float64], out: Array) -> None:
+    def _prediction_stats(self, channels: int) -> Stats:
         if self.moving_mean is None or self.moving_var is None:
             raise LayerStateError(
                 "prediction (train_flg=False) needs moving statistics, and there are none yet: "
                 "run a training forward first or pass moving_mean and moving_var"
             )
-        channels = x.shape[1]
-        mean = _as_channel_vector(self.moving_mean, "moving_mean", channels)
-        var = _as_channel_vector(self.moving_var, "moving_var", channels)
+        mean = as_channel_vector(self.moving_mean, "moving_mean", channels)
+        var = as_channel_vector(self.moving_var, "moving_var", channels)
         if self.bias_correction:
             mean, var = self.corrected_moving_statistics()
-        _kernels.predict_forward(_as_3d(x), mean, var, gamma, beta, self.epsilon, _as_3d(out))
+        return stats_from(mean, var, self.epsilon)
 
-    def corrected_moving_statistics(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    def corrected_moving_statistics(self) -> tuple[F64, F64]:
         """The moving mean and variance with the weight of their starting value removed.
 
         After ``k`` training steps, ``moving = rho**k * start + (1 - rho**k) * average``
@@ -394,78 +336,17 @@ class BatchNormalization:
             raise LayerStateError(
                 "backward needs a training forward first (forward(x, train_flg=True)); none has run"
             )
-        grad = np.asarray(dout)
-        if grad.dtype.kind not in "iuf":
-            raise TypeError(f"dout must hold real numbers; got {_describe(grad)}")
-        if grad.shape != cache.x.shape:
-            raise ValueError(
-                f"dout must have the shape of the last training input, {cache.x.shape}; "
-                f"got shape {grad.shape}"
-            )
         x = cache.x
-        grad = grad.astype(x.dtype, copy=False)
+        grad = as_grad(dout, x)
         gamma, _ = self._params(x.shape[1])
-        if out is None:
-            out = np.empty(x.shape, dtype=x.dtype)
-        else:
-            _check_out(out, x, "out", x, grad)
-
+        out = output(out, x, "out", x, grad)
         if cache.steps is not None:
             steps = staged_backward(cache.steps, grad)
             out[...] = steps.grad_x
             self.backward_steps = steps
             self.dgamma, self.dbeta = steps.dgamma, steps.dbeta
             return out
-
-        sum_dout, sum_dout_x_std = _kernels.backward(_as_3d(x), _as_3d(grad), cache.stats, gamma, _as_3d(out))
-        self.dgamma = sum_dout_x_std.astype(x.dtype)
-        self.dbeta = sum_dout.astype(x.dtype)
+        sums = self._engine.backward(as_3d(x), as_3d(grad), cache.stats, gamma, as_3d(out))
+        self.dgamma = (cache.stats.inv_std * sums.sum_dout_xmu).astype(x.dtype)
+        self.dbeta = sums.sum_dout.astype(x.dtype)
         return out
-
-    # ------------------------------------------- the seed's cached intermediates
-    def _reshaped(self, v: NDArray[np.float64]) -> Array:
-        assert self._cache is not None
-        shape = [1] * self._cache.x.ndim
-        shape[1] = -1
-        return v.astype(self._cache.x.dtype).reshape(shape)
-
-    @property
-    def x_mu(self) -> Optional[Array]:
-        """Centred input ``x - mu`` of the last training forward (input's layout)."""
-        c = self._cache
-        if c is None:
-            return None
-        if c.steps is not None:
-            return c.steps.x_mu
-        return c.x - self._reshaped(c.stats.mean)
-
-    @property
-    def x_std(self) -> Optional[Array]:
-        """Standardised input ``(x - mu) / std`` of the last training forward."""
-        c = self._cache
-        if c is None:
-            return None
-        if c.steps is not None:
-            return c.steps.x_std
-        return (c.x - self._reshaped(c.stats.mean)) * self._reshaped(c.stats.inv_std)
-
-    @property
-    def std(self) -> Optional[NDArray[np.float64]]:
-        """Per-channel ``sqrt(var + epsilon)`` of the last training forward, shape (C,)."""
-        c = self._cache
-        return None if c is None else 1.0 / c.stats.inv_std
-
-    @property
-    def mean(self) -> Optional[NDArray[np.float64]]:
-        """Per-channel batch mean ``mu`` of the last training forward, shape (C,)."""
-        return None if self._cache is None else self._cache.stats.mean
-
-    @property
-    def var(self) -> Optional[NDArray[np.float64]]:
-        """Per-channel biased batch variance of the last training forward, shape (C,)."""
-        return None if self._cache is None else self._cache.stats.var
-
-    @property
-    def forward_steps(self) -> Optional[ForwardSteps]:
-        """Every node of the last training forward, when ``staged=True``."""
-        return None if self._cache is None else self._cache.steps

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import platform
-import shutil
+import sys
 from pathlib import Path
 
 import bnlit
 
 DOCS = Path(__file__).resolve().parent
-ROOT = DOCS.parent
+sys.path.insert(0, str(DOCS / "_ext"))  # the book's own extensions
+
+from bnlit_book import execution_cache_path  # noqa: E402
 
 project = "bnlit"
 author = "The bnlit team"
@@ -26,6 +25,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx_copybutton",
     "sphinx_togglebutton",
+    "bnlit_book",  # .ipynb downloads (docs/_ext/bnlit_book.py)
 ]
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
 # --- Notebooks: executed at build time, strictly, with a cache keyed on bnlit itself.
@@ -38,31 +38,9 @@ nb_render_markdown_format = "myst"  # Markdown outputs (tables built by cells) m
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 
 
-def _execution_key() -> str:
-    """Hash of what the pages read besides their own cells: bnlit's sources, the
-    book's helper module and data, and the libraries the pages run with.
-
-    jupyter-cache keys only on cell source (MyST-NB issue #299): keying the cache
-    folder on this hash makes a changed bnlit (or data, or library) re-execute
-    the pages.
-    """
-    digest = hashlib.sha256()
-    inputs = [*(ROOT / "bnlit").glob("*.py"), DOCS / "_book.py", *(DOCS / "data").glob("*")]
-    for path in sorted(inputs):
-        digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
-    for dist in ("numpy", "sympy", "matplotlib", "myst-nb", "ipykernel"):
-        digest.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
-    digest.update(platform.python_version().encode())
-    return digest.hexdigest()[:16]
-
-
-# Overridable with -D nb_execution_cache_path=... (the tests build into a scratch folder).
-_CACHES = DOCS / "_build" / ".jupyter_cache"
-nb_execution_cache_path = str(_CACHES / _execution_key())
-# Caches of older sources can never be used again: keep only the current one.
-for _stale in _CACHES.glob("*"):
-    if _stale.is_dir() and _stale.name != Path(nb_execution_cache_path).name:
-        shutil.rmtree(_stale, ignore_errors=True)
+# The cache folder is keyed on everything the pages read besides their cells
+# (docs/_ext/bnlit_book.py); overridable with -D nb_execution_cache_path=...
+nb_execution_cache_path = execution_cache_path(DOCS)
 
 # --- HTML
 html_theme = "sphinx_book_theme"
@@ -85,23 +63,3 @@ autodoc_typehints_format = "short"
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False
-
-
-def _offer_notebook_download(app, pagename, templatename, context, doctree) -> None:
-    """Offer each executed page as ``.ipynb`` in the theme's download menu.
-
-    sphinx-book-theme does this only when launch buttons are configured (which
-    needs a public repository); this does the same copy without them.
-    """
-    executed = Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb"
-    if not executed.is_file():
-        return
-    target = Path(app.outdir) / "_sources" / f"{pagename}.ipynb"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(executed, target)
-    context["ipynb_source"] = f"{pagename}.ipynb"
-
-
-def setup(app) -> None:
-    # Before the theme's own handler (priority 500) builds the download menu.
-    app.connect("html-page-context", _offer_notebook_download, priority=400)

@@ -126,27 +126,6 @@ def test_api_page_documents_the_layer(book: Path) -> None:
         assert name in html, name
 
 
-def test_execution_cache_is_keyed_on_bnlit_sources(tmp_path: Path) -> None:
-    """Editing bnlit must change the cache folder, so that the pages re-execute (MyST-NB #299)."""
-    shutil.copytree(ROOT / "bnlit", tmp_path / "bnlit")
-    (tmp_path / "docs" / "data").mkdir(parents=True)
-    for name in ("conf.py", "_book.py"):
-        shutil.copy2(DOCS / name, tmp_path / "docs" / name)
-
-    def cache_path() -> str:
-        return runpy.run_path(str(tmp_path / "docs" / "conf.py"))["nb_execution_cache_path"]
-
-    before = cache_path()
-    assert cache_path() == before  # stable when nothing changes
-    layer = tmp_path / "bnlit" / "layer.py"
-    layer.write_text(layer.read_text() + "\n# an edit\n")
-    after_edit = cache_path()
-    assert after_edit != before
-    data = tmp_path / "docs" / "data" / "benchmark.json"  # a page renders this file
-    data.write_text("{}")
-    assert cache_path() != after_edit
-
-
 def test_exercise_page_runs_the_checker(book: Path) -> None:
     html = page(book, "exercise")
     assert "All clear: 21 quantities" in html

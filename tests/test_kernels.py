@@ -1,7 +1,7 @@
 """The default path's three ways through the data agree with the staged graph.
 
 bnlit's default layer takes a plain whole-array path for small inputs and a
-streaming, cache-blocked path for large ones (see bnlit._kernels). Here the
+streaming, cache-blocked path for large ones (see bnlit.engines.numpy). Here the
 size thresholds are lowered so that small test inputs take every path: plain,
 streaming by whole rows, and streaming with rows split by channels.
 """
@@ -13,7 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-from bnlit import BatchNormalization, _kernels
+from bnlit import BatchNormalization, _threads, stats
+from bnlit.engines import numpy as _kernels
 
 from _checks import numerical_gradient, relative_error
 
@@ -31,10 +32,10 @@ def path(request, monkeypatch) -> str:
     threads = settings.pop("threads", 1)
     for name, value in settings.items():
         monkeypatch.setattr(_kernels, name, value)
-    before = _kernels.get_num_threads()
-    _kernels.set_num_threads(threads)
+    before = _threads.get_num_threads()
+    _threads.set_num_threads(threads)
     yield request.param
-    _kernels.set_num_threads(before)
+    _threads.set_num_threads(before)
 
 
 def test_the_paths_are_taken(path) -> None:
@@ -134,29 +135,29 @@ def test_threads_give_the_same_results(monkeypatch, rng) -> None:
     dout = rng.normal(size=x.shape)
     results = {}
     for threads in (1, 2, 4):
-        _kernels.set_num_threads(threads)
+        _threads.set_num_threads(threads)
         bn = BatchNormalization(np.ones(5), np.zeros(5))
         results[threads] = (bn.forward(x), bn.backward(dout), bn.dgamma)
-    _kernels.set_num_threads(1)
+    _threads.set_num_threads(1)
     for threads in (2, 4):
         for one, many in zip(results[1], results[threads]):
             np.testing.assert_allclose(many, one, rtol=1e-13, atol=1e-13)
     with pytest.raises(ValueError, match="at least 1"):
-        _kernels.set_num_threads(0)
+        _threads.set_num_threads(0)
 
 
 def test_centred_decision() -> None:
     spread = np.ones(2)
-    assert _kernels.is_centred(np.array([0.0, _kernels.CENTRED_RATIO]), spread)
-    assert not _kernels.is_centred(np.array([0.0, 1.01 * _kernels.CENTRED_RATIO]), spread)
+    assert stats.is_centred(np.array([0.0, stats.CENTRED_RATIO]), spread)
+    assert not stats.is_centred(np.array([0.0, 1.01 * stats.CENTRED_RATIO]), spread)
 
 
 def test_thread_count_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("BNLIT_NUM_THREADS", "3")
-    assert _kernels._threads_from_environment() == 3
+    assert _threads._threads_from_environment() == 3
     monkeypatch.setenv("BNLIT_NUM_THREADS", "")
-    assert _kernels._threads_from_environment() == 1
+    assert _threads._threads_from_environment() == 1
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv("BNLIT_NUM_THREADS", bad)
         with pytest.raises(ValueError, match="BNLIT_NUM_THREADS must be a whole number"):
-            _kernels._threads_from_environment()
+            _threads._threads_from_environment()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,24 +17,43 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.packaging
 def test_wheel_installs_and_imports(tmp_path: Path) -> None:
+    # Built from a clean copy: a build/ folder left by an earlier build would hide a
+    # module that the packaging settings leave out.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "_build", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache"))
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(source)],
         check=True,
     )
     (wheel,) = wheels.glob("bnlit-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    sources = {f"bnlit/{p.name}" for p in (ROOT / "bnlit").glob("*.py")}
-    assert sources | {"bnlit/py.typed"} <= names
+    # Every module of the package, subpackages included (found recursively, not listed).
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "bnlit").rglob("*.py")}
+    assert any("/" in s.removeprefix("bnlit/") for s in sources), "expected at least one subpackage"
+    missing = (sources | {"bnlit/py.typed"}) - names
+    assert not missing, f"left out of the wheel: {sorted(missing)}"
 
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
         check=True,
     )
-    code = "import bnlit, numpy as np; print(bnlit.__file__); print(bnlit.BatchNormalization(np.ones(2), np.zeros(2)).forward(np.eye(2)).tolist())"
+    # Import every module of the installed package, then run the layer.
+    # A module of an optional engine may need its extra (numba, mpi4py, torch) and nothing else.
+    code = (
+        "import importlib, pkgutil, bnlit, numpy as np\n"
+        "for m in pkgutil.walk_packages(bnlit.__path__, 'bnlit.'):\n"
+        "    try:\n"
+        "        importlib.import_module(m.name)\n"
+        "    except ModuleNotFoundError as err:\n"
+        "        assert err.name in ('numba', 'mpi4py', 'torch'), (m.name, err)\n"
+        "print(bnlit.__file__)\n"
+        "print(bnlit.BatchNormalization(np.ones(2), np.zeros(2)).forward(np.eye(2)).tolist())"
+    )
     result = subprocess.run(
-        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r})\n{code}"],
         check=True, capture_output=True, text=True, cwd=tmp_path,
     )
     location, values = result.stdout.splitlines()

@@ -1,4 +1,4 @@
-"""Streaming kernels behind the default (fast) path of the layer.
+"""The NumPy engine: streaming, cache-blocked kernels (bnlit's default engine).
 
 Every kernel works on a ``(N, C, S)`` view of the data: channels on axis 1 and
 everything a channel's statistics run over on axes 0 and 2 (``S = H * W`` for
@@ -16,24 +16,23 @@ Inputs of at most ``SMALL_BYTES`` take a plain path instead: whole-array
 operations in float64, keeping the centred input for the backward pass. There
 the cost is the number of NumPy calls, not memory traffic.
 
-With ``set_num_threads(n)``, large inputs are split into ``n`` contiguous groups
-of blocks that threads work on at once (NumPy releases the GIL in its loops).
+With ``bnlit.set_num_threads(n)``, large inputs are split into ``n`` contiguous
+groups of blocks that threads work on at once (NumPy releases the GIL in its loops).
 
-The layer calls :func:`train_forward`, :func:`predict_forward` and
-:func:`backward`; the rest are their parts.
+:class:`NumpyEngine` is the engine the layer sees; the module's functions are its parts.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Optional, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+
+from .._threads import run_split
+from ..stats import GradSums, Moments, Stats, input_grad_coefficients, is_centred
+from ._base import Engine
 
 F64 = NDArray[np.float64]
 Array = NDArray[np.floating]
@@ -51,64 +50,16 @@ SMALL_BYTES = 1 << 18
 #: Threads are used only when each gets at least this many blocks: below that,
 #: starting them costs more than they save.
 MIN_BLOCKS_PER_THREAD = 8
-#: How many spreads from zero a channel's mean may lie for the shorter formulas.
-CENTRED_RATIO = 8.0
 
 Block = tuple[slice, slice]  # (rows of the batch axis, channels)
 T = TypeVar("T")
 
 
-# ------------------------------------------------------------------ threads
-# NumPy releases the GIL inside its loops, so a few threads working on separate
-# blocks run in parallel. Off (1 thread) unless asked: see set_num_threads.
-def _threads_from_environment() -> int:
-    text = os.environ.get("BNLIT_NUM_THREADS", "").strip() or "1"
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"BNLIT_NUM_THREADS must be a whole number of at least 1; got {text!r}")
-    return int(text)
-
-
-_threads = _threads_from_environment()
-_pool: Optional[ThreadPoolExecutor] = None
-_pool_lock = threading.Lock()
-
-
-def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in the streaming kernels (1, the default, uses none).
-
-    The environment variable ``BNLIT_NUM_THREADS`` sets the starting value.
-    Results can differ in the last bits between thread counts (the partial sums
-    are added in another grouping), never between runs with the same count.
-    """
-    global _threads, _pool
-    if int(n) < 1:
-        raise ValueError(f"the number of threads must be at least 1; got {n!r}")
-    with _pool_lock:
-        if _pool is not None and int(n) != _threads:
-            _pool.shutdown(wait=True)
-            _pool = None
-        _threads = int(n)
-
-
-def get_num_threads() -> int:
-    """The number of threads the streaming kernels use."""
-    return _threads
-
-
-def _run(work: Callable[[list[Block]], T], x3: Array) -> list[T]:
-    """``work`` on every block of ``x3``: in one go, or split into contiguous
-    groups of blocks, one per thread. Results come back in block order."""
-    global _pool
+def _run(work: Callable[[Sequence[Block]], T], x3: Array) -> list[T]:
+    """``work`` on every block of ``x3``: in one go, or split into contiguous groups
+    of blocks, one per thread (each thread gets at least ``MIN_BLOCKS_PER_THREAD``)."""
     blocks = list(_blocks(x3))
-    threads = min(_threads, len(blocks) // MIN_BLOCKS_PER_THREAD)
-    if threads <= 1:
-        return [work(blocks)]
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="bnlit")
-        pool = _pool
-    groups = [list(g) for g in np.array_split(np.arange(len(blocks)), threads)]
-    return list(pool.map(lambda group: work([blocks[i] for i in group]), groups))
+    return run_split(work, blocks, len(blocks) // MIN_BLOCKS_PER_THREAD)
 
 
 def _add(parts: list[tuple[F64, F64]]) -> tuple[F64, F64]:
@@ -194,7 +145,7 @@ def channel_stats(x3: Array) -> tuple[F64, F64]:
     first_mean = _channel_sum(first) / (first.shape[0] * s)
     shift_hi = _per_channel(first_mean, x3)
 
-    def sums(blocks: list[Block]) -> tuple[F64, F64]:
+    def sums(blocks: Sequence[Block]) -> tuple[F64, F64]:
         s1, s2 = np.zeros(channels), np.zeros(channels)
         scratch = _scratch(x3)
         for rows, _ in blocks:
@@ -241,23 +192,12 @@ def channel_stats_blockwise(x3: Array) -> tuple[F64, F64]:
     return mean, np.maximum(m2, 0.0) / count
 
 
-def is_centred(mean: F64, spread: F64) -> bool:
-    """Whether every channel's mean lies within ``CENTRED_RATIO`` spreads of zero.
-
-    Then ``x * scale + (shift - mean * scale)`` rounds no worse than about
-    ``CENTRED_RATIO`` units in the last place of the output, and the kernels may
-    skip the explicit ``x - mean`` (one operation per element fewer). Otherwise
-    they subtract the mean first, exactly (see ``_split``).
-    """
-    return bool(np.all(np.abs(mean) <= CENTRED_RATIO * spread))
-
-
 def normalize(x3: Array, mean: F64, scale: F64, shift: F64, out3: Array, centred: bool) -> None:
     """``out3 = (x3 - mean) * scale + shift``, per channel, block by block."""
     if centred:
         scale_c, offset_c = _per_channel(scale, x3), _per_channel(shift - mean * scale, x3)
 
-        def work(blocks: list[Block]) -> None:
+        def work(blocks: Sequence[Block]) -> None:
             for rows, chans in blocks:
                 o = np.multiply(x3[rows, chans], scale_c[chans], out=out3[rows, chans])
                 o += offset_c[chans]
@@ -266,7 +206,7 @@ def normalize(x3: Array, mean: F64, scale: F64, shift: F64, out3: Array, centred
         mean_hi, lo = _split(mean, x3)
         scale_c, shift_c = _per_channel(scale, x3), _per_channel(shift - lo * scale, x3)
 
-        def work(blocks: list[Block]) -> None:
+        def work(blocks: Sequence[Block]) -> None:
             for rows, chans in blocks:
                 o = np.subtract(x3[rows, chans], mean_hi[chans], out=out3[rows, chans])
                 o *= scale_c[chans]
@@ -280,7 +220,7 @@ def backward_sums(x3: Array, dout3: Array, mean: F64, centred: bool) -> tuple[F6
     channels = x3.shape[1]
     mean_hi, lo = _split(mean, x3)
 
-    def sums(blocks: list[Block]) -> tuple[F64, F64]:
+    def sums(blocks: Sequence[Block]) -> tuple[F64, F64]:
         sum_dout, sum_dout_x = np.zeros(channels), np.zeros(channels)
         scratch = None if centred else _scratch(x3)
         for rows, chans in blocks:
@@ -305,7 +245,7 @@ def input_grad(
     # Centred: slope * x + (offset - slope * mean); else slope * (x - mean_hi) + (offset - slope * lo).
     offset_c = _per_channel(offset - slope * (mean if centred else lo), x3)
 
-    def work(blocks: list[Block]) -> None:
+    def work(blocks: Sequence[Block]) -> None:
         for rows, chans in blocks:
             if centred:
                 o = np.multiply(x3[rows, chans], slope_c[chans], out=out3[rows, chans])
@@ -319,31 +259,35 @@ def input_grad(
     _run(work, x3)
 
 
-# ------------------------------------------------------------------ the layer's entry points
-@dataclass(frozen=True)
-class Stats:
-    """What a training forward leaves for the backward pass (per-channel, float64)."""
-
-    mean: F64
-    var: F64  # biased
-    inv_std: F64  # 1 / sqrt(var + epsilon)
-    centred: bool  # see is_centred
-    centred_x: Optional[NDArray[np.float64]] = None  # x - mean, kept on the plain path only
-
-
-def stats_from(mean: F64, var: F64, epsilon: float) -> Stats:
-    """Stats of a batch whose mean and variance are already known."""
-    inv_std = 1.0 / np.sqrt(var + epsilon)
-    return Stats(mean, var, inv_std, is_centred(mean, 1.0 / inv_std))
-
-
+# ------------------------------------------------------------------ the engine
 def _is_small(x3: Array) -> bool:
     return x3.nbytes <= SMALL_BYTES
 
 
-def train_forward(x3: Array, gamma: F64, beta: F64, epsilon: float, out3: Array) -> Stats:
-    """Normalise ``x3`` with its own statistics into ``out3``; return the statistics."""
-    if _is_small(x3):
+class NumpyEngine(Engine):
+    """The streaming kernels above behind the engine contract, with a plain
+    whole-array path for small inputs (where the number of NumPy calls, not
+    memory traffic, is the cost)."""
+
+    name = "numpy"
+
+    def moments(self, x3: Array) -> Moments:
+        return Moments(x3.shape[0] * x3.shape[2], *channel_stats(x3))
+
+    def normalize(self, x3: Array, mean: F64, scale: F64, shift: F64, out3: Array, centred: bool) -> None:
+        normalize(x3, mean, scale, shift, out3, centred)
+
+    def grad_sums(self, x3: Array, dout3: Array, mean: F64, centred: bool) -> GradSums:
+        return GradSums(*backward_sums(x3, dout3, mean, centred))
+
+    def input_grad(
+        self, x3: Array, dout3: Array, mean: F64, scale: F64, slope: F64, offset: F64, out3: Array, centred: bool
+    ) -> None:
+        input_grad(x3, dout3, mean, scale, slope, offset, out3, centred)
+
+    def train_forward(self, x3: Array, gamma: F64, beta: F64, epsilon: float, out3: Array) -> Stats:
+        if not _is_small(x3):
+            return super().train_forward(x3, gamma, beta, epsilon, out3)
         xf = x3.astype(np.float64, copy=False)
         mean = xf.mean(axis=(0, 2))
         centred_x = xf - mean[:, None]
@@ -351,40 +295,19 @@ def train_forward(x3: Array, gamma: F64, beta: F64, epsilon: float, out3: Array)
         inv_std = 1.0 / np.sqrt(var + epsilon)
         np.add(centred_x * (gamma * inv_std)[:, None], beta[:, None], out=out3, casting="same_kind")
         return Stats(mean, var, inv_std, True, centred_x)
-    stats = stats_from(*channel_stats(x3), epsilon)
-    normalize(x3, stats.mean, gamma * stats.inv_std, beta, out3, stats.centred)
-    return stats
 
-
-def predict_forward(x3: Array, mean: F64, var: F64, gamma: F64, beta: F64, epsilon: float, out3: Array) -> None:
-    """Normalise ``x3`` with given (moving) statistics into ``out3``."""
-    stats = stats_from(mean, var, epsilon)
-    normalize(x3, mean, gamma * stats.inv_std, beta, out3, stats.centred)
-
-
-def backward(x3: Array, dout3: Array, stats: Stats, gamma: F64, out3: Array) -> tuple[F64, F64]:
-    """Input gradient into ``out3`` by the closed form; return ``sum(dout)`` and ``sum(dout * x_std)``.
-
-    Per channel, ``dx = gamma * inv_std * (dout + slope * (x - mean) + offset)``
-    with ``slope = -inv_std**2 * sum(dout * (x - mean)) / n`` and
-    ``offset = -sum(dout) / n``: the closed form
-    ``gamma * inv_std / n * (n * dout - sum(dout) - x_std * sum(dout * x_std))``
-    rearranged.
-    """
-    n = x3.shape[0] * x3.shape[2]
-    inv_std = stats.inv_std
-    centred_x = stats.centred_x
-    if centred_x is not None:  # plain path: the centred input is at hand
-        sum_dout = dout3.sum(axis=(0, 2), dtype=np.float64)
-        sum_dout_xmu = np.einsum("ncs,ncs->c", dout3, centred_x)
-    else:
-        sum_dout, sum_dout_xmu = backward_sums(x3, dout3, stats.mean, stats.centred)
-    scale, slope, offset = gamma * inv_std, -(inv_std**2) * sum_dout_xmu / n, -sum_dout / n
-    if centred_x is not None:
+    def backward(self, x3: Array, dout3: Array, stats: Stats, gamma: F64, out3: Array) -> GradSums:
+        centred_x = stats.centred_x
+        if centred_x is None:
+            return super().backward(x3, dout3, stats, gamma, out3)
+        # Plain path: the centred input is at hand.
+        sums = GradSums(dout3.sum(axis=(0, 2), dtype=np.float64), np.einsum("ncs,ncs->c", dout3, centred_x))
+        scale, slope, offset = input_grad_coefficients(stats, gamma, sums, x3.shape[0] * x3.shape[2])
         grad = centred_x * slope[:, None]
         grad += dout3
         grad += offset[:, None]
         np.multiply(grad, scale[:, None], out=out3, casting="same_kind")
-    else:
-        input_grad(x3, dout3, stats.mean, scale, slope, offset, out3, stats.centred)
-    return sum_dout, inv_std * sum_dout_xmu
+        return sums
+
+
+ENGINE = NumpyEngine()

@@ -1,0 +1,89 @@
+"""The book's own Sphinx machinery: the execution-cache key and the notebook downloads.
+
+``conf.py`` calls :func:`execution_cache_path` for its setting and lists this
+module as an extension (for :func:`offer_notebook_download`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+#: Libraries whose versions can change what the pages compute or show.
+LIBRARIES = ("numpy", "sympy", "matplotlib", "myst-nb", "ipykernel")
+#: Folders under docs/ that hold build products, not inputs.
+SKIP_DIRS = {"_build", "__pycache__", ".ipynb_checkpoints", ".jupyter_cache"}
+
+
+def _files(folder: Path, skip_pages: bool) -> Iterator[Path]:
+    for path in folder.rglob("*"):
+        parts = set(path.relative_to(folder).parts)
+        if path.is_file() and not parts & SKIP_DIRS and not (skip_pages and path.suffix == ".md"):
+            yield path
+
+
+def key_inputs(docs: Path) -> list[Path]:
+    """Every file the pages can read besides their own cells.
+
+    All of the package (recursively: engines, catalogs, data), and every file
+    under ``docs/`` that is not a page (the book's helpers, data, extensions,
+    static files, bibliography, translation catalogs). The pages' cells are
+    keyed by jupyter-cache itself.
+    """
+    root = docs.parent
+    return sorted([*_files(root / "bnlit", skip_pages=False), *_files(docs, skip_pages=True)])
+
+
+def execution_key(docs: Path) -> str:
+    """Hash of :func:`key_inputs`' contents and the libraries the pages run with.
+
+    jupyter-cache keys only on cell source (MyST-NB issue #299): keying the cache
+    folder on this hash makes a changed bnlit (or helper, data, library)
+    re-execute the pages. It does not depend on the book's language, so every
+    edition shares one execution.
+    """
+    root = docs.parent
+    digest = hashlib.sha256()
+    for path in key_inputs(docs):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    for dist in LIBRARIES:
+        digest.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
+    digest.update(platform.python_version().encode())
+    return digest.hexdigest()[:16]
+
+
+def execution_cache_path(docs: Path) -> str:
+    """The cache folder for the current key; older keys' folders are removed
+    (they can never be used again)."""
+    caches = docs / "_build" / ".jupyter_cache"
+    current = caches / execution_key(docs)
+    for stale in caches.glob("*"):
+        if stale.is_dir() and stale != current:
+            shutil.rmtree(stale, ignore_errors=True)
+    return str(current)
+
+
+def offer_notebook_download(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    """Offer each executed page as ``.ipynb`` in the theme's download menu.
+
+    sphinx-book-theme does this only when launch buttons are configured (which
+    needs a public repository); this does the same copy without them.
+    """
+    executed = Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb"
+    if not executed.is_file():
+        return
+    target = Path(app.outdir) / "_sources" / f"{pagename}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(executed, target)
+    context["ipynb_source"] = f"{pagename}.ipynb"
+
+
+def setup(app: Any) -> dict[str, Any]:
+    # Before the theme's own handler (priority 500) builds the download menu.
+    app.connect("html-page-context", offer_notebook_download, priority=400)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
