@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
 import io
 import math
 import multiprocessing
@@ -36,7 +37,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Optional, Union
@@ -333,13 +334,14 @@ def _raise_time_limit(signum: int, frame: Optional[FrameType]) -> None:
     raise _TimeLimit()
 
 
-def _child(cls: type, scenario: _Scenario, seconds: float, conn: Any) -> None:
-    """The child process: play the scenario, send the record, never write to the caller's streams."""
+def _child(cls: type, scenarios: tuple[_Scenario, ...], seconds: float, conn: Any) -> None:
+    """The child process: play each scenario under its own alarm and send its record;
+    never write to the caller's streams."""
+    gc.disable()  # a full collection would touch, and so copy, every page the child shares with its parent
     faulthandler.disable()  # a crash is reported by its exit status, not on the caller's stderr
-    captured = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-    for fd, file in zip((1, 2), captured):
-        os.dup2(file.fileno(), fd)  # output below Python's sys.stdout (C code, os.write)
-    sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+    files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    for fd, file in zip((1, 2), files):  # output below Python's sys.stdout (C code, os.write)
+        os.dup2(file.fileno(), fd)
     warnings.resetwarnings()  # the learner's warnings are output, not errors
     np.seterr(all="warn")
     quiet = {signal.SIGALRM}
@@ -351,23 +353,34 @@ def _child(cls: type, scenario: _Scenario, seconds: float, conn: Any) -> None:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, quiet)
 
-    record = _Record()
     signal.signal(signal.SIGALRM, _raise_time_limit)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        _Player(cls, scenario, record, lambda label: send(("call", label))).play()
-    except _TimeLimit as err:  # the alarm rang in the checker's own code, between two calls
-        record.failure = _failure("timeout", record.calls[-1] if record.calls else "", err, frozenset())
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    record.stdout, record.stderr = _drained(sys.stdout, captured[0]), _drained(sys.stderr, captured[1])
-    send(("record", record))
+    for scenario in scenarios:
+        record = _Record()
+        sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            _Player(cls, scenario, record, lambda label: send(("call", label))).play()
+        except _TimeLimit as err:  # the alarm rang in the checker's own code, between two calls
+            record.failure = _failure("timeout", record.calls[-1] if record.calls else "", err, frozenset())
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        record.stdout = str(sys.stdout.getvalue()) + _drained(1)
+        record.stderr = str(sys.stderr.getvalue()) + _drained(2)
+        send(("record", record))
+        if record.failure is not None:
+            break
     conn.close()
 
 
-def _drained(stream: Any, file: Any) -> str:
-    file.seek(0)
-    return str(stream.getvalue()) + file.read().decode("utf-8", "replace")
+def _drained(fd: int) -> str:
+    """What was written to ``fd`` (a temporary file) since it was last drained."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _forkable() -> bool:
@@ -375,43 +388,43 @@ def _forkable() -> bool:
     return "fork" in multiprocessing.get_all_start_methods() and hasattr(signal, "setitimer")
 
 
-def _run_in_child(cls: type, scenario: _Scenario, seconds: float) -> _Record:
+def _records_from_child(cls: type, scenarios: tuple[_Scenario, ...], seconds: float) -> Generator[_Record, None, None]:
+    """One child process plays every scenario; each record is yielded as it arrives, and the
+    child is killed when the caller stops asking (at the first mistake) or it runs out of time."""
     ctx = multiprocessing.get_context("fork")
     reader, writer = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(cls, scenario, seconds, writer), daemon=True)
+    child = ctx.Process(target=_child, args=(cls, scenarios, seconds, writer), daemon=True)
     with warnings.catch_warnings():  # Python 3.12+ warns about fork in a threaded process
         warnings.filterwarnings("ignore", r".*fork\(\) may lead to deadlocks", DeprecationWarning)
         child.start()
     writer.close()
-    calls: list[str] = []
-    record: Optional[_Record] = None
-    deadline = time.monotonic() + seconds + _GRACE
-    hung = False
     try:
-        while record is None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not reader.poll(left):
-                hung = True  # it ignored its own alarm (a bare except:, or C code that never returned)
-                break
-            try:
-                kind, payload = reader.recv()
-            except (EOFError, OSError):  # the child ended without a record
-                break
-            if kind == "call":
-                calls.append(payload)
-            else:
-                record = payload
+        for _scenario in scenarios:
+            calls: list[str] = []
+            record: Optional[_Record] = None
+            deadline = time.monotonic() + seconds + _GRACE
+            while record is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not reader.poll(left):
+                    # It ignored its own alarm (a bare except:, or C code that never returned).
+                    yield _Record(calls, failure=_Failure("timeout", calls[-1] if calls else ""))
+                    return
+                try:
+                    kind, payload = reader.recv()
+                except (EOFError, OSError):  # the child ended without a record
+                    child.join()
+                    yield _Record(calls, failure=_Failure("died", calls[-1] if calls else "", status=child.exitcode))
+                    return
+                if kind == "call":
+                    calls.append(payload)
+                else:
+                    record = payload
+            yield record
     finally:
         if child.is_alive():
             child.kill()
         child.join()
         reader.close()
-    if record is not None:
-        return record
-    call = calls[-1] if calls else ""
-    if hung:
-        return _Record(calls, failure=_Failure("timeout", call))
-    return _Record(calls, failure=_Failure("died", call, status=child.exitcode))
 
 
 def _run_in_thread(cls: type, scenario: _Scenario, seconds: float) -> _Record:
@@ -435,8 +448,13 @@ def _run_in_thread(cls: type, scenario: _Scenario, seconds: float) -> _Record:
     return record
 
 
-def _run(cls: type, scenario: _Scenario, seconds: float) -> _Record:
-    return (_run_in_child if _forkable() else _run_in_thread)(cls, scenario, seconds)
+def _records(cls: type, scenarios: tuple[_Scenario, ...], seconds: float) -> Generator[_Record, None, None]:
+    """The record of each scenario, in order, from a child process or else from threads."""
+    if _forkable():
+        yield from _records_from_child(cls, scenarios, seconds)
+    else:
+        for scenario in scenarios:
+            yield _run_in_thread(cls, scenario, seconds)
 
 
 # ------------------------------------------------------------------- the reference
@@ -577,16 +595,17 @@ def check(cls: type, *, lang: str = "en", timeout: float = 5.0, show_output: boo
     outputs: list[tuple[str, str]] = []
     report: Optional[Report] = None
     passed: list[int] = []
-    for scenario in _scenarios():
-        record = _run(cls, scenario, float(timeout))
-        outputs.append((record.stdout, record.stderr))
-        report = _examine(scenario, record, _expected(scenario), unchecked, texts, float(timeout), passed)
-        if report is not None:
-            break
-        passed.append(scenario.ndim)
+    scenarios = _scenarios()
+    with contextlib.closing(_records(cls, scenarios, float(timeout))) as records:
+        for scenario, record in zip(scenarios, records):
+            outputs.append((record.stdout, record.stderr))
+            report = _examine(scenario, record, _expected(scenario), unchecked, texts, float(timeout), passed)
+            if report is not None:
+                break
+            passed.append(scenario.ndim)
     if report is None:
         report = Report(True, unchecked=unchecked,
-                        message=texts.all_clear(unchecked, [s.ndim for s in _scenarios()]))
+                        message=texts.all_clear(unchecked, [s.ndim for s in scenarios]))
     report.stdout = "".join(out for out, _err in outputs)
     report.stderr = "".join(err for _out, err in outputs)
     if show_output:

@@ -507,8 +507,8 @@ def test_without_fork_a_thread_runs_the_class(monkeypatch) -> None:
     assert skeleton(str(report)) == expected_skeleton(step, where, hint, shape)
     report = check(learner_class({EXIT_IN_A1: EXIT_IN_A1 + "\n        import sys; sys.exit(3)"}))
     assert str(report).splitlines()[0] == "The class tried to end the Python process on the 2-D input:"
-    slow = {HANG_AFTER_VAR: HANG_AFTER_VAR + "\n            import time; time.sleep(0.6)"}
-    report = check(learner_class(slow), timeout=0.1)  # the thread sleeps on, and ends by itself
+    slow = {HANG_AFTER_VAR: HANG_AFTER_VAR + "\n            import time; time.sleep(3600)"}
+    report = check(learner_class(slow), timeout=0.1)  # the thread sleeps on (a daemon: it ends with Python)
     assert str(report).splitlines()[:2] == ["The class did not finish in time on the 2-D input:",
                                             "  forward(x, train_flg=True) did not return within 0.1 s"]
 
