@@ -277,14 +277,14 @@ def _recording_locals(record: _Record, call: int) -> Iterator[None]:
 class _Player:
     """Plays one scenario on a fresh instance of the learner's class, recording everything."""
 
-    def __init__(self, cls: type, scenario: _Scenario, record: _Record, started: Callable[[str], None]):
+    def __init__(self, cls: type, scenario: _Scenario, record: _Record, started: Callable[[_Record], None]):
         self.cls, self.s, self.record, self.started = cls, scenario, record, started
         self.files = _learner_files(cls)
 
     def call(self, number: int, label: str, fn: Callable[[], Any]) -> Any:
         self.record.calls.append(label)
         try:
-            self.started(label)
+            self.started(self.record)
             with _recording_locals(self.record, number):
                 return fn()
         except _TimeLimit as err:
@@ -298,8 +298,9 @@ class _Player:
     def read(self, layer: Any, name: str) -> None:
         """Read ``layer.<name>`` (a learner's property may raise: that is a result too)."""
         label = f"layer.{name}"
+        self.record.calls.append(label)
         try:
-            self.started(label)
+            self.started(self.record)
             self.record.values[name] = _sanitized(getattr(layer, name))
         except _TimeLimit as err:
             self.record.failure = _failure("timeout", label, err, self.files)
@@ -315,7 +316,7 @@ class _Player:
         steps: list[tuple[int, str, Callable[[], Any], tuple[str, ...]]] = [
             (_TRAIN, "out", lambda: layer.forward(s.x.copy(), train_flg=True), ("moving_mean", "moving_var")),
             (_PREDICT, "predict", lambda: layer.forward(s.x_new.copy(), train_flg=False), ()),
-            (_BACKWARD, "dx", lambda: layer.backward(s.dout.copy()), ("dgamma", "dbeta")),
+            (_BACKWARD, "dx", lambda: layer.backward(s.dout.copy()), ("dbeta", "dgamma")),
         ]
         for number, result, fn, attributes in steps:
             if rec.failure is not None:
@@ -359,7 +360,7 @@ def _child(cls: type, scenarios: tuple[_Scenario, ...], seconds: float, conn: An
         sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
         signal.setitimer(signal.ITIMER_REAL, seconds)
         try:
-            _Player(cls, scenario, record, lambda label: send(("call", label))).play()
+            _Player(cls, scenario, record, lambda so_far: send(("call", so_far))).play()
         except _TimeLimit as err:  # the alarm rang in the checker's own code, between two calls
             record.failure = _failure("timeout", record.calls[-1] if record.calls else "", err, frozenset())
         finally:
@@ -400,23 +401,26 @@ def _records_from_child(cls: type, scenarios: tuple[_Scenario, ...], seconds: fl
     writer.close()
     try:
         for _scenario in scenarios:
-            calls: list[str] = []
+            so_far = _Record()  # what the child had recorded when it started its latest call
             record: Optional[_Record] = None
             deadline = time.monotonic() + seconds + _GRACE
             while record is None:
                 left = deadline - time.monotonic()
                 if left <= 0 or not reader.poll(left):
                     # It ignored its own alarm (a bare except:, or C code that never returned).
-                    yield _Record(calls, failure=_Failure("timeout", calls[-1] if calls else ""))
+                    so_far.failure = _Failure("timeout", so_far.calls[-1] if so_far.calls else "")
+                    yield so_far
                     return
                 try:
                     kind, payload = reader.recv()
                 except (EOFError, OSError):  # the child ended without a record
                     child.join()
-                    yield _Record(calls, failure=_Failure("died", calls[-1] if calls else "", status=child.exitcode))
+                    so_far.failure = _Failure("died", so_far.calls[-1] if so_far.calls else "",
+                                              status=child.exitcode)
+                    yield so_far
                     return
                 if kind == "call":
-                    calls.append(payload)
+                    so_far = payload
                 else:
                     record = payload
             yield record
@@ -434,7 +438,7 @@ def _run_in_thread(cls: type, scenario: _Scenario, seconds: float) -> _Record:
 
     def play() -> None:
         with np.errstate(all="warn"):
-            _Player(cls, scenario, record, lambda label: None).play()
+            _Player(cls, scenario, record, lambda so_far: None).play()
 
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -633,20 +637,19 @@ _METHOD = {_TRAIN: "__forward", _PREDICT: "__forward", _BACKWARD: "__backward"}
 def _examine(s: _Scenario, rec: _Record, want: dict[tuple[int, str], np.ndarray],
              unchecked: list[str], texts: _Texts, seconds: float, passed: list[int]) -> Optional[Report]:
     """The report on the first wrong quantity of one scenario, or None when all is right."""
-    failed_call = _failed_call(rec)
+    failed = _failed_call(rec)
     for index, (step, call, source) in enumerate(_ORDER):
         where = texts.where(s.ndim, call)
         right = [st for st, c, _src in _ORDER[:index] if c != _PREDICT and st not in unchecked]
         found = _locals(rec, call) if source == "local" else rec.values
-        if failed_call is not None and call >= failed_call:
-            if step in ("dbeta", "dgamma"):  # computed in __backward before the failure, maybe
-                found = _locals(rec, call)
-            elif source != "local":
-                found = {}
-            if step not in found:
-                return texts.stopped(rec, step, call, s.ndim, seconds, passed)
         key = "predict" if (call, step) == (_PREDICT, "out") else step
+        # This call did not return: what its method computed before is checked, the rest is not.
+        cut_short = failed is not None and (call > failed[0] or (call == failed[0] and not failed[1]))
+        if cut_short and step in ("dbeta", "dgamma"):  # computed in __backward before it stopped, maybe
+            found = _locals(rec, call)
         if key not in found:
+            if cut_short or source != "local":  # a result never returned, or never read
+                return texts.stopped(rec, step, call, s.ndim, seconds, passed)
             if call != _PREDICT and step not in unchecked:
                 unchecked.append(step)
             continue
@@ -662,12 +665,13 @@ def _examine(s: _Scenario, rec: _Record, want: dict[tuple[int, str], np.ndarray]
     return None
 
 
-def _failed_call(rec: _Record) -> Optional[int]:
-    """The number of the call that failed, if one did (reads of attributes belong to the call before)."""
+def _failed_call(rec: _Record) -> Optional[tuple[int, bool]]:
+    """The number of the call that did not return, if one did not, and whether it was
+    the reading of an attribute after that call (which itself returned)."""
     if rec.failure is None:
         return None
     labels = [c for c in rec.calls if not c.startswith("layer.")]
-    return max(len(labels) - 1, 0)
+    return max(len(labels) - 1, 0), rec.failure.call.startswith("layer.")
 
 
 def _locals(rec: _Record, call: int) -> dict[str, _Value]:

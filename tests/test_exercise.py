@@ -409,6 +409,22 @@ The first quantity that could not be checked is dgamma.
   hint: dgamma is (x_std * dout) summed over axis 0."""
 
 
+def test_a_property_that_never_returns_is_stopped_at_its_step() -> None:
+    class SlowStatistics(Wrapped):
+        @property
+        def moving_var(self):
+            import time
+            time.sleep(60)
+
+    report = check(SlowStatistics, timeout=0.3)
+    assert (report.step, report.scenario) == ("moving_var", FWD2)  # out and moving_mean were right
+    line = SlowStatistics.moving_var.fget.__code__.co_firstlineno + 3
+    assert str(report).splitlines()[:3] == [
+        "The class did not finish in time on the 2-D input:",
+        f"  layer.moving_var did not return within 0.3 s (line {line}: time.sleep(60))",
+        "The first quantity that could not be checked is moving_var."]
+
+
 def test_a_result_whose_array_conversion_raises_is_reported() -> None:
     class Weird:
         def __array__(self, dtype=None, copy=None):
