@@ -729,7 +729,7 @@ class _Texts:
         if not isinstance(value, np.ndarray):
             return repr(value)
         with np.printoptions(precision=6, suppress=False, threshold=24, linewidth=88):
-            lines = str(value).splitlines()
+            lines = str(value + 0.0).splitlines()  # + 0.0: a zero prints as 0., not -0.
         return _("shape {shape}").format(shape=value.shape) + "".join("\n      " + line for line in lines)
 
     def wrong(self, step: str, where: str, expected: np.ndarray, actual: Any, hint: str,

@@ -99,7 +99,10 @@ def test_the_template_bug_does_not_mislead_the_checker() -> None:
     layer.forward(np.ones((4, 3)) * np.arange(4)[:, None])
     with pytest.raises(NameError):  # N, D are set only while the moving statistics are None
         layer.forward(np.ones((4, 3)) * np.arange(4)[:, None])
-    assert check(cls).ok  # a fresh instance per scenario
+    given = cls(np.ones(3), np.zeros(3), moving_mean=np.zeros(3), moving_var=np.ones(3))
+    with pytest.raises(NameError):  # ... so with moving statistics given, the first call fails
+        given.forward(np.ones((4, 3)) * np.arange(4)[:, None])
+    assert check(cls).ok  # a fresh instance per scenario, built from gamma and beta only
 
 
 # ------------------------------------------------ one planted mistake for every step
@@ -238,6 +241,14 @@ First wrong quantity: moving_mean (2-D input, forward).
 Everything before it is right: mu, x_mu, var, std, std_inv, x_std, out."""
     np.testing.assert_allclose(report.expected, [0.25, 0.275, 0.3], rtol=1e-15)
     assert report.actual.shape == (4, 3)
+
+
+def test_a_zero_prints_as_zero() -> None:
+    """Column 2 of the 2-D input is 3, 2, 4, 3 with mean 3: x_mu, so a7, has zeros there,
+    which the float arithmetic makes -0.0; the report prints 0., not -0."""
+    report = check(learner_class({"a7 = 2.0 * self.x_mu * a6": "a7 = self.x_mu * a6"}))
+    assert report.expected[0, 2] == 0 and np.signbit(report.expected[0, 2])
+    assert re.findall(r"-?0\.(?!\d)", str(report)) == ["0."] * 4
 
 
 def test_leaving_a7_out_of_a8_is_not_a_mistake() -> None:
