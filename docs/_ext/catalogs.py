@@ -56,6 +56,42 @@ def needs_translation(text: str) -> bool:
     return re.search(r"[A-Za-z]{2,}", words) is not None
 
 
+# What a translation must carry over unchanged: roles with their targets, math,
+# inline code and link targets.
+_KEEP = [
+    re.compile(r"\{[\w:-]+\}`[^`]*`"),  # {glue:text}`name:.2f`, {doc}`page`, {cite}`key`
+    re.compile(r"\$\$.*?\$\$|\$[^$]+\$", re.S),  # math
+    re.compile(r"(?<![}\w])`[^`]+`"),  # inline code
+    re.compile(r"\]\(([^)]*)\)"),  # link targets
+]
+
+
+def kept_parts(text: str) -> list[str]:
+    """The roles, math, code and link targets in ``text``, sorted."""
+    parts: list[str] = []
+    for pattern in _KEEP:
+        parts += [m.group(0) for m in pattern.finditer(text)]
+        text = pattern.sub(" ", text)
+    return sorted(parts)
+
+
+def problems(locale: Path) -> list[str]:
+    """Translations that lost or changed a role, a formula, code or a link target."""
+    found = []
+    folder = locale / "LC_MESSAGES"
+    for path in sorted(folder.rglob("*.po")):
+        with path.open("rb") as f:
+            catalog = read_po(f)
+        for message in catalog:
+            if message.id and isinstance(message.string, str) and message.string and not message.fuzzy:
+                want, got = kept_parts(message.id), kept_parts(message.string)
+                if want != got:
+                    missing = sorted(set(want) - set(got))
+                    extra = sorted(set(got) - set(want))
+                    found.append(f"{path.name}: {message.id[:60]!r}: missing {missing}, unexpected {extra}")
+    return found
+
+
 def status(locale: Path) -> dict[str, CatalogStatus]:
     """Per catalog (path relative to ``locale/LC_MESSAGES``), the messages' state."""
     result = {}
@@ -81,7 +117,10 @@ def status(locale: Path) -> dict[str, CatalogStatus]:
 
 
 def main(locale: str) -> int:
-    todo = 0
+    broken = problems(Path(locale))
+    for line in broken:
+        print(f"    broken: {line}")
+    todo = len(broken)
     for name, s in status(Path(locale)).items():
         todo += len(s.untranslated) + len(s.fuzzy)
         print(f"{name:32} {s.translated:4} translated  {len(s.untranslated):4} new  {len(s.fuzzy):4} fuzzy  {s.obsolete:4} obsolete")
