@@ -161,6 +161,13 @@ def test_step_checker_catches_a_wrong_formula(checker: StepChecker, step: int, w
     checker.check(step, RIGHT_STEPS[step])  # and the right one still passes
 
 
+def test_step_checker_also_compares_the_formula_written_in_the_batch_alone(checker: StepChecker) -> None:
+    checker.check(1, RIGHT_STEPS[1])
+    checker.so_far[1] = dout[j]  # an earlier formula gone wrong: gamma lost on the way
+    with pytest.raises(AssertionError, match="a2: .*written in the batch alone"):
+        checker.check(2, RIGHT_STEPS[2])  # right with bnlit's a1, wrong composed
+
+
 def test_step_checker_catches_a_formula_that_reads_outside_the_batch(checker: StepChecker) -> None:
     with pytest.raises(AssertionError, match="a1"):
         checker.check(1, s.gamma * dout[j - 1])  # row 0 does not exist: NaN
