@@ -5,7 +5,8 @@ build alike (the execution cache does not depend on the language). A figure or
 a report whose text is in a language is therefore made in every language, and
 each edition shows its own (``.bnlit-lang-<code>`` in ``_static/bnlit.css``).
 
-Figure text is written in English in the page, wrapped in ``tr("...")``;
+Figure text is written in English in the page, wrapped in ``tr("...")`` (or
+marked ``N_("...")`` where it is kept in a variable and translated later);
 ``make translations`` collects those strings (``_ext/catalogs.py``) into the
 catalog ``locales/<lang>/LC_MESSAGES/figures.po``, where they are translated
 like the pages' prose.
@@ -71,6 +72,11 @@ def _texts(fig: mpl.figure.Figure) -> str:
     found = [t.get_text() for t in fig.findobj(mpl.text.Text) if t.get_visible()]
     words = [t for t in found if re.search(r"[^\W\d_]{2,}", t)]
     return " · ".join(dict.fromkeys(words))
+
+
+def N_(text: str) -> str:
+    """Mark figure text kept in a variable for translation; ``tr(variable)`` translates it."""
+    return text
 
 
 def figure(draw: Callable[[Callable[[str], str]], mpl.figure.Figure]) -> None:

@@ -21,11 +21,11 @@ from pathlib import Path
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po, write_po
 
-_TR_CALL = re.compile(r"""\btr\(\s*(?P<literal>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')\s*[,)]""")
+_TR_CALL = re.compile(r"""\b(?:tr|N_)\(\s*(?P<literal>[rR]?"(?:\\.|[^"\\])*"|[rR]?'(?:\\.|[^'\\])*')\s*[,)]""")
 
 
 def figure_strings(docs: Path) -> list[str]:
-    """Every ``tr("...")`` string in the pages' code, in page order."""
+    """Every ``tr("...")`` and ``N_("...")`` string in the pages' code, in page order."""
     found: dict[str, None] = {}
     for page in sorted(docs.glob("*.md")):
         for m in _TR_CALL.finditer(page.read_text(encoding="utf-8")):
