@@ -39,6 +39,7 @@ nb_render_markdown_format = "myst"  # Markdown outputs (tables built by cells) m
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 bibtex_bibfiles = ["references.bib"]
 bibtex_reference_style = "author_year"
+bibtex_default_style = "plain"  # numbered list, sorted by author
 
 
 # The cache folder is keyed on everything the pages read besides their cells
