@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,18 @@ extensions = [
     "bnlit_book",  # .ipynb downloads (docs/_ext/bnlit_book.py)
     "sphinxcontrib.bibtex",  # citations from docs/references.bib, listed on references.md
 ]
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md", "_ext", "_chooser"]
+templates_path = ["_templates"]
+
+# --- Languages: one build per language from the English sources and the
+# catalogs in docs/locales/<lang>/LC_MESSAGES/<page>.po (`make translations`).
+# Read the Docs tells each translation project its language.
+LANGUAGES = {"en": "English", "ja": "日本語"}
+language = os.environ.get("READTHEDOCS_LANGUAGE", "en")  # -D language=ja overrides
+locale_dirs = ["locales/"]
+gettext_compact = False  # one catalog per page
+gettext_uuid = False
+gettext_location = False  # catalogs do not change when only line numbers do
 # --- Notebooks: executed at build time, strictly, with a cache keyed on bnlit itself.
 nb_execution_mode = "cache"
 nb_execution_raise_on_error = True
@@ -55,6 +67,15 @@ html_theme_options = {
     "use_download_button": True,
     "show_toc_level": 2,
     "navigation_with_keys": False,
+    # The switch to the same page in the other language, in every page's header.
+    "article_header_end": ["language-switch.html", "article-header-buttons.html"],
+}
+html_context = {
+    "bnlit_languages": LANGUAGES,
+    # Where the editions sit relative to each other: docs/_build/html/<lang>/ here,
+    # /<lang>/<version>/ on Read the Docs.
+    "bnlit_edition_up": "../../" if os.environ.get("READTHEDOCS") else "../",
+    "bnlit_edition_path": (os.environ.get("READTHEDOCS_VERSION", "latest") + "/") if os.environ.get("READTHEDOCS") else "",
 }
 # Copy buttons on code cells, not on their outputs.
 copybutton_selector = "div:not(.output) > div.highlight pre"
