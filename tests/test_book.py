@@ -136,6 +136,7 @@ def test_exercise_page_runs_the_checker(book: Path) -> None:
     html = page(book, "exercise")
     assert re.search(r"All clear: \d+ quantities", html)
     assert "First wrong quantity: a7" in html and "First wrong quantity: dx" in html
+    assert "First wrong quantity: moving_mean" in html
     assert "raised NotImplementedError" in html
     assert "穴埋め" in html  # the notebook's original, in its dropdown
     assert "dropdown" in html
