@@ -27,6 +27,7 @@ extensions = [
     "sphinx_copybutton",
     "sphinx_togglebutton",
     "bnlit_book",  # .ipynb downloads (docs/_ext/bnlit_book.py)
+    "sphinxcontrib.bibtex",  # citations from docs/references.bib, listed on references.md
 ]
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md", "_ext", "_chooser"]
 templates_path = ["_templates"]
@@ -48,6 +49,9 @@ nb_execution_timeout = 300
 nb_merge_streams = True
 nb_render_markdown_format = "myst"  # Markdown outputs (tables built by cells) may hold math
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
+bibtex_bibfiles = ["references.bib"]
+bibtex_reference_style = "author_year"
+bibtex_default_style = "plain"  # numbered list, sorted by author
 
 
 # The cache folder is keyed on everything the pages read besides their cells
