@@ -107,12 +107,18 @@ def test_backward_page_shows_every_step(book: Path) -> None:
         assert f"a{k}: SymPy&#39;s formula matches bnlit&#39;s a{k}" in html or f"a{k}: SymPy's formula matches bnlit's a{k}" in html
 
 
-@pytest.mark.parametrize("name", ["index", "graph", "prediction"])
-def test_figures_are_svg(book: Path, name: str) -> None:
-    images = re.findall(r'<img[^>]+src="([^"]+)"', page(book, name))
-    assert any(src.endswith(".svg") for src in images), images
-    for src in images:
-        assert (book / src).is_file(), src
+@pytest.mark.parametrize("name", ["index", "graph", "prediction", "pitfalls", "training"])
+def test_figures_are_svg_in_every_language(book: Path, name: str) -> None:
+    """Each figure is drawn once per edition, as an SVG image inside the page."""
+    import base64
+
+    figures = re.findall(r'<img class="bnlit-figure bnlit-lang-(\w+)" lang="\w+" alt="([^"]*)" src="([^"]+)"', page(book, name))
+    assert figures and {lang for lang, _, _ in figures} == {"en", "ja"}, name
+    for lang, alt, src in figures:
+        assert src.startswith("data:image/svg+xml;base64,"), src[:40]
+        svg = base64.b64decode(src.split(",", 1)[1]).decode()
+        assert "<svg" in svg and "</svg>" in svg
+        assert alt.strip(), (name, lang)
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_PAGES)
@@ -153,7 +159,7 @@ def test_pitfalls_and_training_pages_show_their_results(book: Path) -> None:
     assert "E[x^2] - E[x]^2, float32:" in pitfalls and "ValueError: training needs at least 2 values" in pitfalls
     training = page(book, "training")
     assert "This page trained 22 networks" in training
-    assert training.count(".svg") >= 3
+    assert training.count('class="bnlit-figure bnlit-lang-en"') >= 4
 
 
 

@@ -63,6 +63,7 @@ _KEEP = [
     re.compile(r"\$\$.*?\$\$|\$[^$]+\$", re.S),  # math
     re.compile(r"(?<![}\w])`[^`]+`"),  # inline code
     re.compile(r"\]\(([^)]*)\)"),  # link targets
+    re.compile(r"\{\w*\}"),  # str.format fields of figure text
 ]
 
 
