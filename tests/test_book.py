@@ -24,7 +24,7 @@ PAGES = [
     "references",
 ]
 NOTEBOOK_PAGES = [p for p in PAGES if p not in ("api", "references")]
-BIB_KEYS = ["ioffe2015", "santurkar2018", "kratzert2016", "cs231n", "saitoh2016", "zhang2023d2l"]
+BIB_KEYS = ["ioffe2015", "santurkar2018", "kratzert2016", "cs231n", "saitoh2016", "zhang2023d2l", "goodfellow2016"]
 
 pytestmark = pytest.mark.book
 
