@@ -148,6 +148,15 @@ def test_exercise_page_runs_the_checker(book: Path) -> None:
     assert "dropdown" in html
 
 
+def test_exercise_page_shows_each_report_in_both_languages(book: Path) -> None:
+    html = page(book, "exercise")
+    reports = {lang: re.findall(rf'<pre class="bnlit-text bnlit-lang-{lang}" lang="{lang}">(.*?)</pre>', html, re.S)
+               for lang in ("en", "ja")}
+    assert len(reports["en"]) == len(reports["ja"]) >= 5
+    for ja in reports["ja"]:
+        assert re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", ja), ja[:200]
+
+
 def test_conventions_page_compares_both_conventions(book: Path) -> None:
     html = page(book, "conventions")
     assert "moving variance, seed convention" in html and "moving variance, PyTorch convention" in html
