@@ -67,11 +67,18 @@ _KEEP = [
 ]
 
 
+_TITLED_ROLE = re.compile(r"^(\{[\w:-]+\})`[^`<]*<([^`>]+)>`$")
+
+
 def kept_parts(text: str) -> list[str]:
-    """The roles, math, code and link targets in ``text``, sorted."""
+    """The roles, math, code and link targets in ``text``, sorted.
+
+    A cross-reference role with a title of its own (``{ref}`the title <label>```)
+    keeps only its role and target: the title is prose, and is translated.
+    """
     parts: list[str] = []
     for pattern in _KEEP:
-        parts += [m.group(0) for m in pattern.finditer(text)]
+        parts += [_TITLED_ROLE.sub(r"\1`<\2>`", m.group(0)) for m in pattern.finditer(text)]
         text = pattern.sub(" ", text)
     return sorted(parts)
 
