@@ -61,7 +61,7 @@ def needs_translation(text: str) -> bool:
 _KEEP = [
     re.compile(r"\{[\w:-]+\}`[^`]*`"),  # {glue:text}`name:.2f`, {doc}`page`, {cite}`key`
     re.compile(r"\$\$.*?\$\$|\$[^$]+\$", re.S),  # math
-    re.compile(r"(?<![}\w])`[^`]+`"),  # inline code
+    re.compile(r"(?<![}A-Za-z0-9_])`[^`]+`"),  # inline code
     re.compile(r"\]\(([^)]*)\)"),  # link targets
     re.compile(r"\{\w*\}"),  # str.format fields of figure text
 ]
