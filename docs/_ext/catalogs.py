@@ -92,7 +92,8 @@ def problems(locale: Path) -> list[str]:
             catalog = read_po(f)
         for message in catalog:
             if message.id and isinstance(message.string, str) and message.string and not message.fuzzy:
-                want, got = kept_parts(message.id), kept_parts(message.string)
+                # Each must appear (a translation may repeat one, or order them otherwise).
+                want, got = set(kept_parts(message.id)), set(kept_parts(message.string))
                 if want != got:
                     missing = sorted(set(want) - set(got))
                     extra = sorted(set(got) - set(want))
