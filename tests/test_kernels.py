@@ -22,39 +22,74 @@ PATHS = {
     "plain": {},
     "streaming": {"SMALL_BYTES": 0, "BLOCK_BYTES": 4096},
     "streaming-split-rows": {"SMALL_BYTES": 0, "BLOCK_BYTES": 64},
-    "streaming-3-threads": {"SMALL_BYTES": 0, "BLOCK_BYTES": 512, "threads": 3},
+    # Small blocks and one block per thread, so that every test's data keeps 3 threads busy
+    # (the fixture checks it); whole rows or split rows, as the shape gives.
+    "streaming-3-threads": {"SMALL_BYTES": 0, "BLOCK_BYTES": 96, "MIN_BLOCKS_PER_THREAD": 1, "threads": 3},
 }
 
 
+@pytest.fixture
+def num_threads():
+    """Sets bnlit's thread count for one test and restores it afterwards, whatever happens."""
+    before = _threads.get_num_threads()
+    try:
+        yield _threads.set_num_threads
+    finally:
+        _threads.set_num_threads(before)
+
+
+@pytest.fixture
+def thread_log(monkeypatch) -> list[list[str]]:
+    """For every split pass of the kernels, the thread that worked on each group of blocks."""
+    log: list[list[str]] = []
+    split = _kernels.run_split
+
+    def logged(work, items, threads):
+        result = split(lambda group: (threading.current_thread().name, len(group), work(group)), items, threads)
+        assert all(size > 0 for _, size, _ in result)  # no idle group
+        log.append([name for name, _, _ in result])
+        return [r for _, _, r in result]
+
+    monkeypatch.setattr(_kernels, "run_split", logged)
+    return log
+
+
 @pytest.fixture(params=list(PATHS))
-def path(request, monkeypatch) -> str:
+def path(request, monkeypatch, num_threads, thread_log) -> str:
     settings = dict(PATHS[request.param])
     threads = settings.pop("threads", 1)
     for name, value in settings.items():
         monkeypatch.setattr(_kernels, name, value)
-    before = _threads.get_num_threads()
-    _threads.set_num_threads(threads)
+    num_threads(threads)
     yield request.param
-    _threads.set_num_threads(before)
+    # Every pass of the streaming kernels used all the threads asked for, on bnlit's pool.
+    if request.param != "plain":
+        assert thread_log, "the streaming kernels did not run"
+    for names in thread_log:
+        assert len(names) == threads, thread_log
+        assert all(n.startswith("bnlit") for n in names) if threads > 1 else names == ["MainThread"]
 
 
-def test_the_paths_are_taken(path) -> None:
-    x3 = np.zeros((40, 3, 16))
+def test_the_paths_are_taken(path, thread_log, rng) -> None:
+    x = rng.normal(size=(40, 3, 4, 4))
+    x3 = x.reshape(40, 3, 16)
     blocks = list(_kernels._blocks(x3))
     if path == "plain":
         assert _kernels._is_small(x3)
     else:
         assert not _kernels._is_small(x3) and len(blocks) > 1
-        split = path == "streaming-split-rows"
+        split = path in ("streaming-split-rows", "streaming-3-threads")
         assert any(chans != slice(None) for _, chans in blocks) == split
-    if path == "streaming-3-threads":
-        names = _kernels._run(lambda group: (threading.current_thread().name, len(group)), x3)
-        assert len(names) == 3 and sum(n for _, n in names) == len(blocks)
-        assert all(name.startswith("bnlit") for name, _ in names)
     covered = np.zeros(x3.shape, dtype=int)
     for rows, chans in blocks:
         covered[rows, chans] += 1
     assert np.all(covered == 1)  # every value in exactly one block
+    bn = BatchNormalization(np.ones(3), np.zeros(3))
+    bn.forward(x)
+    bn.backward(x)
+    # Split passes: statistics (whole rows only: split rows take the blockwise merge, on one
+    # thread), normalisation, gradient sums, input gradient; none on the plain path.
+    assert len(thread_log) == {"plain": 0, "streaming": 4}.get(path, 3)
 
 
 @pytest.mark.parametrize("shape", [(50, 3), (6, 3, 5, 4)], ids=["2d", "4d"])
@@ -128,22 +163,62 @@ def test_statistics_survive_drift_along_the_batch(monkeypatch, rng) -> None:
     np.testing.assert_allclose(var, reference.var(axis=0), rtol=1e-5)
 
 
-def test_threads_give_the_same_results(monkeypatch, rng) -> None:
+def test_threads_give_the_same_results(monkeypatch, num_threads, thread_log, rng) -> None:
     monkeypatch.setattr(_kernels, "SMALL_BYTES", 0)
     monkeypatch.setattr(_kernels, "BLOCK_BYTES", 2048)
-    x = rng.normal(2.0, 3.0, size=(64, 5, 4, 4))
+    x = rng.normal(2.0, 3.0, size=(128, 5, 4, 4))  # 3 rows a block: 43 blocks, enough for 4 threads
+    assert len(list(_kernels._blocks(x.reshape(128, 5, 16)))) >= 4 * _kernels.MIN_BLOCKS_PER_THREAD
     dout = rng.normal(size=x.shape)
     results = {}
     for threads in (1, 2, 4):
-        _threads.set_num_threads(threads)
+        num_threads(threads)
+        thread_log.clear()
         bn = BatchNormalization(np.ones(5), np.zeros(5))
         results[threads] = (bn.forward(x), bn.backward(dout), bn.dgamma)
-    _threads.set_num_threads(1)
+        assert len(thread_log) == 4 and all(len(names) == threads for names in thread_log), (threads, thread_log)
     for threads in (2, 4):
         for one, many in zip(results[1], results[threads]):
             np.testing.assert_allclose(many, one, rtol=1e-13, atol=1e-13)
-    with pytest.raises(ValueError, match="at least 1"):
-        _threads.set_num_threads(0)
+
+
+@pytest.mark.parametrize("blocks, asked, used", [(7, 4, 1), (8, 4, 1), (16, 4, 2), (31, 4, 3), (32, 4, 4), (100, 4, 4), (100, 1, 1)])
+def test_threads_get_at_least_min_blocks_each(blocks, asked, used, num_threads) -> None:
+    """Threads are used only when each gets MIN_BLOCKS_PER_THREAD (8) blocks; the groups are
+    contiguous, in order, and as even as can be."""
+    assert _kernels.MIN_BLOCKS_PER_THREAD == 8
+    num_threads(asked)
+    items = list(range(blocks))
+    groups = _threads.run_split(list, items, blocks // _kernels.MIN_BLOCKS_PER_THREAD)
+    assert len(groups) == used
+    assert [i for group in groups for i in group] == items
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1
+
+
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_n_threads_work_at_once(threads, num_threads) -> None:
+    """Asking for n threads gives n groups that run at the same time: each group waits at a
+    barrier that opens only when all n have arrived."""
+    num_threads(threads)
+    barrier = threading.Barrier(threads, timeout=10)
+    names = _threads.run_split(lambda group: (barrier.wait(), threading.current_thread().name)[1],
+                               list(range(8 * threads)), threads)
+    assert len(set(names)) == threads
+
+
+def test_set_num_threads(num_threads) -> None:
+    num_threads(3)
+    assert _threads.get_num_threads() == 3
+    assert _threads.run_split(lambda g: threading.current_thread().name, list(range(9)), 3) != ["MainThread"]
+    num_threads(2)  # a new count replaces the pool: two groups, not the old three
+    names = _threads.run_split(lambda g: threading.current_thread().name, list(range(100)), 100)
+    assert len(names) == 2 and all(n.startswith("bnlit") for n in names) and _threads.get_num_threads() == 2
+    num_threads(1)
+    assert _threads.run_split(lambda g: threading.current_thread().name, list(range(100)), 100) == ["MainThread"]
+    for bad in (0, -2):
+        with pytest.raises(ValueError) as info:
+            _threads.set_num_threads(bad)
+        assert str(info.value) == f"the number of threads must be at least 1; got {bad}"
+        assert _threads.get_num_threads() == 1
 
 
 def test_centred_decision() -> None:
@@ -157,7 +232,12 @@ def test_thread_count_from_the_environment(monkeypatch) -> None:
     assert _threads._threads_from_environment() == 3
     monkeypatch.setenv("BNLIT_NUM_THREADS", "")
     assert _threads._threads_from_environment() == 1
-    for bad in ("0", "two", "-1"):
+    monkeypatch.setenv("BNLIT_NUM_THREADS", " 2 ")
+    assert _threads._threads_from_environment() == 2
+    monkeypatch.delenv("BNLIT_NUM_THREADS")
+    assert _threads._threads_from_environment() == 1
+    for bad in ("0", "two", "-1", "1.5"):
         monkeypatch.setenv("BNLIT_NUM_THREADS", bad)
-        with pytest.raises(ValueError, match="BNLIT_NUM_THREADS must be a whole number"):
+        with pytest.raises(ValueError) as info:
             _threads._threads_from_environment()
+        assert str(info.value) == f"BNLIT_NUM_THREADS must be a whole number of at least 1; got {bad!r}"

@@ -1,0 +1,197 @@
+"""Promises of the public interface checked value by value, without optional packages.
+
+- ``out=`` buffers: what is written equals a fresh result; aliasing the layer's
+  inputs, a non-contiguous array or a non-array is refused with an exact message
+  and leaves the layer as it was.
+- ``like_pytorch``: PyTorch's defaults (eps 1e-5, momentum 0.1, running mean at
+  zeros and running variance at ones, updated with the unbiased variance), worked
+  out by hand here so that they hold where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+from bnlit import BatchNormalization
+
+SHAPES = {"2d": (6, 3), "4d": (2, 3, 2, 4)}
+
+
+def layers(staged: bool, rng: np.random.Generator, shape: tuple[int, ...], dtype: type) -> tuple:
+    """Two identical trained layers (one to use a buffer, one for a fresh result), x and dout."""
+    x = (rng.normal(2.0, 3.0, size=shape)).astype(dtype)
+    dout = rng.normal(size=shape).astype(dtype)
+    gamma, beta = rng.normal(size=shape[1]), rng.normal(size=shape[1])
+    a = BatchNormalization(gamma, beta, staged=staged)
+    b = BatchNormalization(gamma, beta, staged=staged)
+    a.forward(x)
+    b.forward(x)
+    return a, b, x, dout
+
+
+def state(bn: BatchNormalization) -> dict:
+    return {
+        name: copy.deepcopy(getattr(bn, name))
+        for name in ("dgamma", "dbeta", "moving_mean", "moving_var", "batch_size", "steps")
+    } | {"backward_steps": bn.backward_steps}
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    for key, value in before.items():
+        if key == "backward_steps":
+            assert after[key] is value, key
+        elif value is None:
+            assert after[key] is None, key
+        else:
+            np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+# --------------------------------------------------------------- out buffers
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+@pytest.mark.parametrize("staged", [False, True], ids=["default", "staged"])
+def test_backward_into_out_writes_the_fresh_result(staged, shape, dtype, rng) -> None:
+    a, b, x, dout = layers(staged, rng, shape, dtype)
+    fresh = b.backward(dout)
+    buffer = np.full(shape, np.nan, dtype=dtype)  # every value must be overwritten
+    assert a.backward(dout, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, fresh)
+    np.testing.assert_array_equal(a.dgamma, b.dgamma)
+    np.testing.assert_array_equal(a.dbeta, b.dbeta)
+    assert np.max(np.abs(fresh)) > 1e-3  # a real gradient, not zeros
+
+
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+@pytest.mark.parametrize("staged", [False, True], ids=["default", "staged"])
+def test_forward_into_out_writes_the_fresh_result(staged, shape, rng) -> None:
+    a, b, x, _ = layers(staged, rng, shape, np.float64)
+    for train in (True, False):
+        buffer = np.full(shape, np.nan)
+        assert a.forward(x, train, out=buffer) is buffer
+        np.testing.assert_array_equal(buffer, b.forward(x, train))
+
+
+def test_prediction_may_overwrite_its_input(rng) -> None:
+    """Prediction keeps nothing, so ``out=x`` (in place) is allowed there, and exact."""
+    a, b, x, _ = layers(False, rng, SHAPES["4d"], np.float64)
+    want = b.forward(x, train_flg=False)
+    assert a.forward(x, train_flg=False, out=x) is x
+    np.testing.assert_array_equal(x, want)
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["default", "staged"])
+@pytest.mark.parametrize("alias", ["dout", "view-of-dout", "x"])
+def test_backward_refuses_out_sharing_memory_with_its_inputs(staged, alias, rng) -> None:
+    bn, _, x, dout = layers(staged, rng, SHAPES["4d"], np.float64)
+    bn.backward(dout)  # a first backward: its results must survive the refused call
+    before, dout_before, x_before = state(bn), dout.copy(), x.copy()
+    out = {"dout": dout, "view-of-dout": dout[...], "x": x}[alias]
+    with pytest.raises(ValueError) as info:
+        bn.backward(dout, out=out)
+    assert str(info.value) == "out must not share memory with the layer's inputs"
+    assert_same_state(before, state(bn))
+    np.testing.assert_array_equal(dout, dout_before)
+    np.testing.assert_array_equal(x, x_before)
+
+
+def test_training_forward_refuses_out_sharing_memory_with_x(rng) -> None:
+    bn = BatchNormalization(np.ones(3), np.zeros(3))
+    x = rng.normal(size=(5, 3))
+    x_before = x.copy()
+    with pytest.raises(ValueError) as info:
+        bn.forward(x, out=x[...])
+    assert str(info.value) == "out must not share memory with the layer's inputs"
+    np.testing.assert_array_equal(x, x_before)
+    assert bn.moving_mean is None and bn.x_std is None
+
+
+UNFIT_OUT = {
+    # what out is, the exception, the exact message for a (4, 3) float64 result
+    "not-contiguous": (
+        lambda: np.empty((3, 4)).T, ValueError,
+        "out must be a C-contiguous array of shape (4, 3) and dtype float64; "
+        "got an array of shape (4, 3) and dtype float64 that is not C-contiguous",
+    ),
+    "strided": (
+        lambda: np.empty((4, 6))[:, ::2], ValueError,
+        "out must be a C-contiguous array of shape (4, 3) and dtype float64; "
+        "got an array of shape (4, 3) and dtype float64 that is not C-contiguous",
+    ),
+    "wrong-dtype": (
+        lambda: np.empty((4, 3), np.float32), ValueError,
+        "out must be a C-contiguous array of shape (4, 3) and dtype float64; "
+        "got an array of shape (4, 3) and dtype float32",
+    ),
+    "wrong-shape": (
+        lambda: np.empty((3, 4)), ValueError,
+        "out must be a C-contiguous array of shape (4, 3) and dtype float64; "
+        "got an array of shape (3, 4) and dtype float64",
+    ),
+    "list": (lambda: [[0.0] * 3] * 4, TypeError, "out must be a NumPy array; got list"),
+    "memoryview": (lambda: memoryview(np.empty((4, 3))), TypeError, "out must be a NumPy array; got memoryview"),
+}
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["default", "staged"])
+@pytest.mark.parametrize("case", list(UNFIT_OUT))
+def test_unfit_out_is_refused_with_an_exact_message(case, staged, rng) -> None:
+    make, exc, message = UNFIT_OUT[case]
+    x = rng.normal(size=(4, 3))
+    dout = rng.normal(size=(4, 3))
+    bn = BatchNormalization(np.ones(3), np.zeros(3), staged=staged)
+    bn.forward(x)
+    bn.backward(dout)
+    before = state(bn)
+    for call in (lambda out: bn.backward(dout, out=out), lambda out: bn.forward(x, out=out),
+                 lambda out: bn.forward(x, train_flg=False, out=out)):
+        with pytest.raises(exc) as info:
+            call(make())
+        assert str(info.value) == message
+        assert_same_state(before, state(bn))
+
+
+# ------------------------------------------------------------- like_pytorch
+def test_like_pytorch_settings() -> None:
+    bn = BatchNormalization.like_pytorch(4)
+    assert bn.epsilon == 1e-5
+    assert bn.rho == pytest.approx(0.9, abs=1e-15)  # PyTorch's momentum 0.1 = 1 - rho
+    assert bn.unbiased_moving_var is True and bn.bias_correction is False and bn.staged is False
+    np.testing.assert_array_equal(bn.gamma, np.ones(4))
+    np.testing.assert_array_equal(bn.beta, np.zeros(4))
+    np.testing.assert_array_equal(bn.moving_mean, np.zeros(4))
+    np.testing.assert_array_equal(bn.moving_var, np.ones(4))
+    other = BatchNormalization.like_pytorch(2, eps=1e-3, momentum=0.25)
+    assert other.epsilon == 1e-3 and other.rho == 0.75
+    assert other.moving_var.shape == (2,)
+
+
+def test_like_pytorch_by_hand() -> None:
+    """One column 1, 2, 4, 7: mean 3.5, biased variance 5.25, unbiased 7."""
+    bn = BatchNormalization.like_pytorch(1)
+    x = np.array([[1.0], [2.0], [4.0], [7.0]])
+    # Before any training, prediction uses running mean 0 and running variance 1.
+    np.testing.assert_allclose(bn.forward(x, train_flg=False), x / math.sqrt(1 + 1e-5), rtol=1e-15)
+    out = bn.forward(x)
+    np.testing.assert_allclose(out, (x - 3.5) / math.sqrt(5.25 + 1e-5), rtol=1e-14)
+    np.testing.assert_allclose(bn.moving_mean, [0.9 * 0 + 0.1 * 3.5], rtol=1e-15)
+    np.testing.assert_allclose(bn.moving_var, [0.9 * 1 + 0.1 * 7.0], rtol=1e-15)
+    np.testing.assert_allclose(bn.forward(x, train_flg=False), (x - 0.35) / math.sqrt(1.6 + 1e-5), rtol=1e-14)
+    bn.forward(2 * x)  # mean 7, unbiased variance 28
+    np.testing.assert_allclose(bn.moving_mean, [0.9 * 0.35 + 0.1 * 7.0], rtol=1e-15)
+    np.testing.assert_allclose(bn.moving_var, [0.9 * 1.6 + 0.1 * 28.0], rtol=1e-15)
+
+
+def test_like_pytorch_4d_uses_n_h_w_values_per_channel() -> None:
+    """Channel 0 of arange(8).reshape(2, 2, 1, 2) holds 0, 1, 4, 5 and channel 1 holds 2, 3, 6, 7:
+    means 2.5 and 4.5, squared deviations 6.25 + 2.25 + 2.25 + 6.25 = 17 in both, so the
+    biased variance is 17/4 and the unbiased one 17/3."""
+    x = np.arange(8.0).reshape(2, 2, 1, 2)
+    bn = BatchNormalization.like_pytorch(2)
+    bn.forward(x)
+    np.testing.assert_allclose(bn.var, [17 / 4, 17 / 4], rtol=1e-15)
+    np.testing.assert_allclose(bn.moving_mean, [0.1 * 2.5, 0.1 * 4.5], rtol=1e-15)
+    np.testing.assert_allclose(bn.moving_var, [0.9 + 0.1 * 17 / 3] * 2, rtol=1e-15)
