@@ -195,3 +195,140 @@ def test_like_pytorch_4d_uses_n_h_w_values_per_channel() -> None:
     np.testing.assert_allclose(bn.var, [17 / 4, 17 / 4], rtol=1e-15)
     np.testing.assert_allclose(bn.moving_mean, [0.1 * 2.5, 0.1 * 4.5], rtol=1e-15)
     np.testing.assert_allclose(bn.moving_var, [0.9 + 0.1 * 17 / 3] * 2, rtol=1e-15)
+
+
+# ------------------------------------------------------------- exact messages
+def trained(**kwargs) -> BatchNormalization:
+    bn = BatchNormalization(np.ones(3), np.zeros(3), **kwargs)
+    bn.forward(np.arange(12.0).reshape(4, 3) ** 1.5)
+    return bn
+
+
+def rebound(**attributes) -> BatchNormalization:
+    bn = trained()
+    for name, value in attributes.items():
+        setattr(bn, name, value)
+    return bn
+
+
+X = np.arange(12.0).reshape(4, 3)
+NO_MOVING = (
+    "prediction (train_flg=False) needs moving statistics, and there are none yet: "
+    "run a training forward first or pass moving_mean and moving_var"
+)
+NO_CORRECTION = "there are no moving statistics yet: run a training forward first"
+
+# (what is called, the exception, its exact message): one table, so that a reworded
+# message is changed in one place.
+MESSAGES = {
+    "prediction-first": (lambda: BatchNormalization(np.ones(3), np.zeros(3)).forward(X, train_flg=False),
+                         "LayerStateError", NO_MOVING),
+    "prediction-half-started": (
+        lambda: BatchNormalization(np.ones(3), np.zeros(3), moving_mean=np.zeros(3)).forward(X, train_flg=False),
+        "LayerStateError", NO_MOVING),
+    "prediction-var-only": (
+        lambda: BatchNormalization(np.ones(3), np.zeros(3), moving_var=np.ones(3)).forward(X, train_flg=False),
+        "LayerStateError", NO_MOVING),
+    "correction-first": (lambda: BatchNormalization(np.ones(3), np.zeros(3)).corrected_moving_statistics(),
+                         "LayerStateError", NO_CORRECTION),
+    "correction-half-started": (
+        lambda: BatchNormalization(np.ones(3), np.zeros(3), moving_var=np.ones(3)).corrected_moving_statistics(),
+        "LayerStateError", NO_CORRECTION),
+    "backward-first": (lambda: BatchNormalization(np.ones(3), np.zeros(3)).backward(X), "LayerStateError",
+                       "backward needs a training forward first (forward(x, train_flg=True)); none has run"),
+    "moving-mean-rebound": (lambda: rebound(moving_mean=np.zeros(2)).forward(X, train_flg=False), "ValueError",
+                            "moving_mean must have shape (3,); got shape (2,)"),
+    "moving-var-rebound": (lambda: rebound(moving_var=np.ones(4)).forward(X, train_flg=False), "ValueError",
+                           "moving_var must have shape (3,); got shape (4,)"),
+    "gamma-rebound-before-backward": (
+        lambda: rebound(gamma=np.ones(4)).backward(X), "ValueError",
+        "the input has 3 channels (axis 1), which gamma and beta must match: gamma must have shape (3,); got shape (4,)"),
+    "beta-rebound-before-prediction": (
+        lambda: rebound(beta=np.ones(2)).forward(X, train_flg=False), "ValueError",
+        "the input has 3 channels (axis 1), which gamma and beta must match: beta must have shape (3,); got shape (2,)"),
+    "rho-rebound": (lambda: rebound(rho=1.5).forward(X), "ValueError", "rho must lie in [0, 1]; got 1.5"),
+    "rho-and-momentum": (
+        lambda: BatchNormalization(np.ones(3), np.zeros(3), rho=0.5, momentum=0.1), "ValueError",
+        "give rho (weight of the old value) or momentum (weight of the new value), not both; got rho=0.5 and momentum=0.1"),
+    "momentum": (lambda: BatchNormalization(np.ones(3), np.zeros(3), momentum=-0.1), "ValueError",
+                 "momentum must lie in [0, 1]; got -0.1"),
+    "epsilon": (lambda: BatchNormalization(np.ones(3), np.zeros(3), epsilon=-1), "ValueError",
+                "epsilon must be positive; got -1"),
+    "moving-var-negative": (lambda: BatchNormalization(np.ones(3), np.zeros(3), moving_var=[1, -1, 1]), "ValueError",
+                            "moving_var must be non-negative"),
+    "gamma-2d": (lambda: BatchNormalization(np.ones((3, 1)), np.zeros(3)), "ValueError",
+                 "gamma must have a 1-D array; got shape (3, 1)"),
+    "beta-length": (lambda: BatchNormalization(np.ones(3), np.zeros(2)), "ValueError",
+                    "beta must have shape (3,); got shape (2,)"),
+    "training-one-value": (
+        lambda: BatchNormalization(np.ones(3), np.zeros(3)).forward(np.ones((1, 3, 1, 1))), "ValueError",
+        "training needs at least 2 values per channel to estimate a variance; got 1 for input shape (1, 3, 1, 1)"),
+    "dout-shape": (lambda: trained().backward(np.ones((4, 2))), "ValueError",
+                   "dout must have the shape of the last training input, (4, 3); got shape (4, 2)"),
+    "dout-type": (lambda: trained().backward(np.ones((4, 3), complex)), "TypeError",
+                  "dout must hold real numbers; got an array of shape (4, 3) and dtype complex128"),
+    "x-ndim": (lambda: trained().forward(np.ones((4, 3, 2))), "ValueError",
+               "x must be 2-D (N, D) or 4-D (N, C, H, W); got 3-D, shape (4, 3, 2)"),
+    "x-type": (lambda: trained().forward(np.ones((4, 3), bool)), "TypeError",
+               "x must hold real numbers (float32, float64, float16 or integers); got an array of shape (4, 3) and dtype bool"),
+    "gamma-type": (lambda: BatchNormalization(["a", "b", "c"], np.zeros(3)), "TypeError",
+                   "gamma must be a 1-D array of real numbers; got an array of shape (3,) and dtype <U1"),
+}
+
+
+@pytest.mark.parametrize("case", list(MESSAGES))
+def test_exact_messages(case) -> None:
+    call, exc, message = MESSAGES[case]
+    with pytest.raises(Exception) as info:
+        call()
+    assert type(info.value).__name__ == exc
+    assert str(info.value) == message
+
+
+def test_a_refused_backward_keeps_the_last_results() -> None:
+    bn = trained()
+    dx = bn.backward(np.linspace(-1, 1, 12).reshape(4, 3))
+    before = state(bn)
+    bn.gamma = np.ones(4)
+    with pytest.raises(ValueError):
+        bn.backward(np.ones((4, 3)))
+    assert_same_state(before, state(bn))
+    bn.gamma = np.ones(3)
+    np.testing.assert_array_equal(bn.backward(np.linspace(-1, 1, 12).reshape(4, 3)), dx)
+
+
+# ------------------------------------------------------ dtypes and corrections
+def test_dout_is_computed_in_the_inputs_dtype(rng) -> None:
+    """A float64 dout on a float32 layer is rounded to float32 first: the same dx, dgamma and
+    dbeta as a float32 dout, bit for bit."""
+    x = rng.normal(size=(6, 3, 2, 2)).astype(np.float32)
+    dout = rng.normal(size=x.shape)
+    for staged in (False, True):
+        a, b = (BatchNormalization(np.ones(3), np.zeros(3), staged=staged) for _ in range(2))
+        a.forward(x)
+        b.forward(x)
+        dx64, dx32 = a.backward(dout), b.backward(dout.astype(np.float32))
+        assert dx64.dtype == a.dgamma.dtype == a.dbeta.dtype == np.float32
+        np.testing.assert_array_equal(dx64, dx32)
+        np.testing.assert_array_equal(a.dgamma, b.dgamma)
+        np.testing.assert_array_equal(a.dbeta, b.dbeta)
+
+
+def test_corrected_statistics_before_any_step_and_with_rho_one() -> None:
+    """No step yet, or rho = 1 (the averages never move): nothing to correct, and no 0 / 0."""
+    bn = BatchNormalization(np.ones(2), np.zeros(2), moving_mean=[1, 2], moving_var=[3, 4], bias_correction=True)
+    for mean, var in (bn.corrected_moving_statistics(),):
+        assert mean.dtype == var.dtype == np.float64
+        np.testing.assert_array_equal(mean, [1.0, 2.0])
+        np.testing.assert_array_equal(var, [3.0, 4.0])
+    bn.moving_mean = np.array([1, 2], np.float32)  # rebound by hand: still float64 out
+    assert bn.corrected_moving_statistics()[0].dtype == np.float64
+    frozen = BatchNormalization(np.ones(2), np.zeros(2), rho=1.0, moving_mean=[1, 2], moving_var=[3, 4],
+                                bias_correction=True)
+    x = np.array([[0.0, 5.0], [4.0, -1.0]])
+    frozen.forward(x)
+    mean, var = frozen.corrected_moving_statistics()
+    np.testing.assert_array_equal(mean, [1.0, 2.0])
+    np.testing.assert_array_equal(var, [3.0, 4.0])
+    np.testing.assert_allclose(frozen.forward(x, train_flg=False),
+                               (x - [1.0, 2.0]) / np.sqrt(np.array([3.0, 4.0]) + 1e-8), rtol=1e-15)

@@ -194,15 +194,21 @@ def test_threads_get_at_least_min_blocks_each(blocks, asked, used, num_threads) 
     assert max(map(len, groups)) - min(map(len, groups)) <= 1
 
 
-@pytest.mark.parametrize("threads", [2, 3, 4])
-def test_n_threads_work_at_once(threads, num_threads) -> None:
+def test_n_threads_work_at_once(num_threads) -> None:
     """Asking for n threads gives n groups that run at the same time: each group waits at a
-    barrier that opens only when all n have arrived."""
-    num_threads(threads)
-    barrier = threading.Barrier(threads, timeout=10)
-    names = _threads.run_split(lambda group: (barrier.wait(), threading.current_thread().name)[1],
-                               list(range(8 * threads)), threads)
-    assert len(set(names)) == threads
+    barrier that opens only when all n have arrived. Each new count replaces the pool."""
+    for threads in (2, 8, 3):  # 8: more than a default-sized pool on a small machine
+        num_threads(threads)
+        barrier = threading.Barrier(threads, timeout=10)
+        names = _threads.run_split(lambda group: (barrier.wait(), threading.current_thread().name)[1],
+                                   list(range(8 * threads)), threads)
+        assert len(set(names)) == threads
+
+
+def test_never_more_groups_than_items(num_threads) -> None:
+    num_threads(4)
+    assert _threads.run_split(list, [0, 1], 8) == [[0], [1]]
+    assert _threads.run_split(list, [], 8) == [[]]
 
 
 def test_set_num_threads(num_threads) -> None:
