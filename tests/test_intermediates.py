@@ -91,3 +91,32 @@ def test_intermediates_are_none_before_training_and_kept_by_prediction(staged, r
     bn.forward(rng.normal(size=(5, 3)), train_flg=False)  # prediction leaves the last training forward
     np.testing.assert_allclose(bn.x_std, by_hand(x)["x_std"], rtol=1e-12, atol=1e-12)
     assert (bn.forward_steps is not None) == staged
+
+
+def test_every_staged_node_by_hand_and_in_the_inputs_dtype(rng) -> None:
+    """forward_steps and backward_steps keep float32 data in float32 at every node, and hold
+    what their names say (the a1..a9 rules are checked in test_gradients.py)."""
+    x = distinct_channels((4, 3, 2, 3), rng).astype(np.float32)
+    dout = rng.normal(size=x.shape).astype(np.float32)
+    bn = BatchNormalization(np.array([0.5, 1.0, 2.0]), np.array([1.0, 0.0, -1.0]), epsilon=EPS, staged=True)
+    out = bn.forward(x)
+    bn.backward(dout)
+    f, b = bn.forward_steps, bn.backward_steps
+    for name in ("x", "mu", "x_mu", "x_mu_sq", "var", "std", "std_inv", "x_std", "out", "gamma"):
+        assert getattr(f, name).dtype == np.float32, name
+    for name in ("dout", "dbeta", "dgamma", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "dx"):
+        assert getattr(b, name).dtype == np.float32, name
+    want = by_hand(x.astype(np.float64))
+    np.testing.assert_array_equal(f.x, x)
+    np.testing.assert_array_equal(b.dout, dout)
+    assert f.epsilon == EPS and f.n == 4 * 2 * 3
+    np.testing.assert_array_equal(f.out, out)
+    np.testing.assert_allclose(f.x_mu_sq, want["x_mu"] ** 2, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(f.mu.ravel(), want["mean"], rtol=1e-6)
+    np.testing.assert_allclose(f.var.ravel(), want["var"], rtol=1e-5)
+    np.testing.assert_allclose(f.std.ravel(), want["std"], rtol=1e-5)
+    np.testing.assert_allclose(f.std_inv.ravel(), 1 / want["std"], rtol=1e-5)
+    np.testing.assert_array_equal(f.gamma.ravel(), [0.5, 1.0, 2.0])
+    assert f.mu.shape == f.var.shape == f.std.shape == f.std_inv.shape == f.gamma.shape == (1, 3, 1, 1)
+    assert b.dbeta.shape == b.dgamma.shape == (3,)
+    np.testing.assert_allclose(b.dbeta, dout.sum(axis=(0, 2, 3)), rtol=1e-5)

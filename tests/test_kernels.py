@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bnlit import BatchNormalization, _threads, stats
+from bnlit.engines import get_engine
 from bnlit.engines import numpy as _kernels
 
 from _checks import numerical_gradient, relative_error
@@ -93,9 +94,11 @@ def test_the_paths_are_taken(path, thread_log, rng) -> None:
 
 
 @pytest.mark.parametrize("shape", [(50, 3), (6, 3, 5, 4)], ids=["2d", "4d"])
-@pytest.mark.parametrize("location", [0.5, 300.0], ids=["centred", "far-from-zero"])
-def test_default_path_agrees_with_staged(path, shape, location, rng) -> None:
-    x = location + rng.normal(size=shape) * rng.uniform(0.5, 3, size=shape[1]).reshape((1, -1) + (1,) * (len(shape) - 2))
+@pytest.mark.parametrize("location, spread", [(0.5, 1.0), (300.0, 1.0), (2.0, 1e-3)],
+                         ids=["centred", "far-from-zero", "tiny-spread"])
+def test_default_path_agrees_with_staged(path, shape, location, spread, rng) -> None:
+    per_channel = rng.uniform(0.5, 3, size=shape[1]).reshape((1, -1) + (1,) * (len(shape) - 2))
+    x = location + rng.normal(size=shape) * per_channel * spread
     dout = rng.normal(size=shape)
     gamma, beta = rng.normal(size=shape[1]), rng.normal(size=shape[1])
     fast, staged = BatchNormalization(gamma, beta), BatchNormalization(gamma, beta, staged=True)
@@ -228,9 +231,83 @@ def test_set_num_threads(num_threads) -> None:
 
 
 def test_centred_decision() -> None:
-    spread = np.ones(2)
-    assert stats.is_centred(np.array([0.0, stats.CENTRED_RATIO]), spread)
-    assert not stats.is_centred(np.array([0.0, 1.01 * stats.CENTRED_RATIO]), spread)
+    for spread in (1.0, 2.0, 0.25):
+        spreads = np.full(2, spread)
+        assert stats.is_centred(np.array([0.0, -stats.CENTRED_RATIO * spread]), spreads)
+        assert not stats.is_centred(np.array([0.0, 1.01 * stats.CENTRED_RATIO * spread]), spreads)
+    # stats_from takes the spread as sqrt(var + epsilon): mean 10 is 5 spreads from zero at
+    # variance 4, 20 spreads at variance 0.25.
+    assert stats.stats_from(np.array([10.0]), np.array([4.0]), 1e-12).centred is True
+    assert stats.stats_from(np.array([10.0]), np.array([0.25]), 1e-12).centred is False
+    # Epsilon counts: 8 * sqrt(1.5) = 9.8 < 10, but 8 * sqrt(1.5 + 0.1) = 10.1.
+    assert stats.stats_from(np.array([10.0]), np.array([1.5]), 1e-12).centred is False
+    assert stats.stats_from(np.array([10.0]), np.array([1.5]), 0.1).centred is True
+
+
+def test_one_pass_statistics_on_data_without_drift(monkeypatch, rng) -> None:
+    """Stationary data, far from zero: the shifted one-pass sums are accepted, and the
+    blockwise merge (the slower fallback) is not needed."""
+    monkeypatch.setattr(_kernels, "BLOCK_BYTES", 4096)
+    calls = []
+    blockwise = _kernels.channel_stats_blockwise
+    monkeypatch.setattr(_kernels, "channel_stats_blockwise", lambda x3: calls.append(1) or blockwise(x3))
+    for location, spread in [(1000.0, 1.0), (0.0, 1e-3), (-5.0, 20.0)]:
+        x3 = location + spread * rng.standard_normal((300, 4, 3))
+        mean, var = _kernels.channel_stats(x3)
+        np.testing.assert_allclose(mean, x3.mean(axis=(0, 2)), rtol=1e-12, atol=1e-12 * spread)
+        np.testing.assert_allclose(var, x3.var(axis=(0, 2)), rtol=1e-10)
+    assert not calls
+
+
+def test_split_rows_group_as_many_channels_as_fit(monkeypatch) -> None:
+    """A row of 16 channels x 2 values x 8 bytes = 256 bytes, blocks of 64 bytes: 4 channels a block."""
+    monkeypatch.setattr(_kernels, "BLOCK_BYTES", 64)
+    blocks = list(_kernels._blocks(np.zeros((2, 16, 2))))
+    assert blocks == [(slice(row, row + 1), slice(c, c + 4)) for row in range(2) for c in range(0, 16, 4)]
+    monkeypatch.setattr(_kernels, "BLOCK_BYTES", 40)  # 2.5 channels' worth: 2 a block, the rest alone
+    blocks = list(_kernels._blocks(np.zeros((1, 5, 2))))
+    assert blocks == [(slice(0, 1), slice(0, 2)), (slice(0, 1), slice(2, 4)), (slice(0, 1), slice(4, 5))]
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 1), (5, 2, 6)])
+def test_engine_halves(shape, rng) -> None:
+    """The numpy engine's halves against direct NumPy, centred or not."""
+    engine = get_engine("numpy")
+    x3 = 4.0 + rng.normal(size=shape)
+    dout3 = rng.normal(size=shape)
+    m = engine.moments(x3)
+    assert m.count == shape[0] * shape[2]
+    np.testing.assert_allclose(m.mean, x3.mean(axis=(0, 2)), rtol=1e-14)
+    np.testing.assert_allclose(m.var, x3.var(axis=(0, 2)), rtol=1e-12)
+    scale, shift = rng.normal(size=shape[1]), rng.normal(size=shape[1])
+    slope, offset = rng.normal(size=shape[1]), rng.normal(size=shape[1])
+    col = lambda v: v[None, :, None]  # noqa: E731
+    for centred in (True, False):
+        out3 = np.empty(shape)
+        engine.normalize(x3, m.mean, scale, shift, out3, centred)
+        np.testing.assert_allclose(out3, (x3 - col(m.mean)) * col(scale) + col(shift), rtol=1e-12, atol=1e-12)
+        sums = engine.grad_sums(x3, dout3, m.mean, centred)
+        np.testing.assert_allclose(sums.sum_dout, dout3.sum(axis=(0, 2)), rtol=1e-12)
+        np.testing.assert_allclose(sums.sum_dout_xmu, (dout3 * (x3 - col(m.mean))).sum(axis=(0, 2)), rtol=1e-10)
+        engine.input_grad(x3, dout3, m.mean, scale, slope, offset, out3, centred)
+        want = col(scale) * (dout3 + col(slope) * (x3 - col(m.mean)) + col(offset))
+        np.testing.assert_allclose(out3, want, rtol=1e-12, atol=1e-12)
+
+
+def test_merge_moments_of_two_parts_is_the_whole(rng) -> None:
+    x = rng.normal(3.0, 2.0, size=(40, 2))
+    whole = stats.Moments(40, x.mean(axis=0), x.var(axis=0))
+    for cut in (1, 7, 20, 39):
+        a, b = x[:cut], x[cut:]
+        merged = stats.merge_moments(stats.Moments(cut, a.mean(axis=0), a.var(axis=0)),
+                                     stats.Moments(40 - cut, b.mean(axis=0), b.var(axis=0)))
+        assert merged.count == 40
+        np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-13)
+        np.testing.assert_allclose(merged.var, whole.var, rtol=1e-12)
+        np.testing.assert_allclose(merged.m2, 40 * whole.var, rtol=1e-12)
+    empty = stats.Moments(0, np.zeros(2), np.zeros(2))
+    assert stats.merge_moments(empty, whole) is whole
+    assert stats.merge_moments(whole, empty) is whole
 
 
 def test_thread_count_from_the_environment(monkeypatch) -> None:
