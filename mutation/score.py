@@ -33,8 +33,8 @@ def function_of(mutant: str) -> str:
     """``bnlit.layer.xǁBatchNormalizationǁforward__mutmut_3`` -> ``bnlit.layer.BatchNormalization.forward``."""
     module, _, generated = mutant.rpartition(".")
     name = generated.rsplit("__mutmut_", 1)[0]
-    name = name[1:] if name.startswith("x") else name
-    return f"{module}.{name.strip('ǁ').replace('ǁ', '.')}"
+    name = name[2:] if name.startswith("x_") else name[1:].strip("ǁ").replace("ǁ", ".")
+    return f"{module}.{name}"
 
 
 def change(diff: str) -> tuple[str, str]:

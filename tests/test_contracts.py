@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from bnlit import BatchNormalization
+from bnlit.engines import get_engine
 
 SHAPES = {"2d": (6, 3), "4d": (2, 3, 2, 4)}
 
@@ -250,6 +251,21 @@ MESSAGES = {
     "rho-and-momentum": (
         lambda: BatchNormalization(np.ones(3), np.zeros(3), rho=0.5, momentum=0.1), "ValueError",
         "give rho (weight of the old value) or momentum (weight of the new value), not both; got rho=0.5 and momentum=0.1"),
+    "rho": (lambda: BatchNormalization(np.ones(3), np.zeros(3), rho=1.5), "ValueError",
+            "rho must lie in [0, 1]; got 1.5"),
+    "moving-mean-start": (lambda: BatchNormalization(np.ones(3), np.zeros(3), moving_mean=np.zeros(4)), "ValueError",
+                          "moving_mean must have shape (3,); got shape (4,)"),
+    "moving-var-start": (lambda: BatchNormalization(np.ones(3), np.zeros(3), moving_var=np.ones(2)), "ValueError",
+                         "moving_var must have shape (3,); got shape (2,)"),
+    "moving-mean-rebound-before-training": (
+        lambda: rebound(moving_mean=np.zeros(2)).forward(X), "ValueError",
+        "moving_mean must have shape (3,); got shape (2,)"),
+    "moving-var-rebound-before-training": (
+        lambda: rebound(moving_var=np.ones(4)).forward(X), "ValueError",
+        "moving_var must have shape (3,); got shape (4,)"),
+    "training-no-channels": (
+        lambda: BatchNormalization(np.ones(0), np.zeros(0)).forward(np.ones((4, 0))), "ValueError",
+        "training needs at least 2 values per channel to estimate a variance; got 0 for input shape (4, 0)"),
     "momentum": (lambda: BatchNormalization(np.ones(3), np.zeros(3), momentum=-0.1), "ValueError",
                  "momentum must lie in [0, 1]; got -0.1"),
     "epsilon": (lambda: BatchNormalization(np.ones(3), np.zeros(3), epsilon=-1), "ValueError",
@@ -283,6 +299,37 @@ def test_exact_messages(case) -> None:
         call()
     assert type(info.value).__name__ == exc
     assert str(info.value) == message
+
+
+def test_unknown_engine() -> None:
+    with pytest.raises(ValueError) as info:
+        BatchNormalization(np.ones(3), np.zeros(3), engine="cuda")
+    message = str(info.value)
+    assert message.startswith("engine must be one of [") and message.endswith("]; got 'cuda'")
+    assert "'numpy'" in message
+    assert get_engine().name == "numpy"  # the default
+
+
+def test_starting_moving_statistics() -> None:
+    """Given starts become float64 copies; a zero variance is a valid start; a half-given
+    start is dropped for zeros at the first training call (as when none is given)."""
+    start_mean, start_var = np.array([1, 2, 3]), np.array([0.0, 1.0, 2.0], np.float32)
+    bn = BatchNormalization(np.ones(3), np.zeros(3), moving_mean=start_mean, moving_var=start_var)
+    assert bn.moving_mean.dtype == bn.moving_var.dtype == np.float64
+    np.testing.assert_array_equal(bn.moving_var, [0.0, 1.0, 2.0])
+    assert not np.shares_memory(bn.moving_var, start_var)
+    half = BatchNormalization(np.ones(3), np.zeros(3), rho=0.5, moving_mean=np.full(3, 7.0))
+    half.forward(X)
+    np.testing.assert_allclose(half.moving_mean, 0.5 * X.mean(axis=0), rtol=1e-15)
+    np.testing.assert_allclose(half.moving_var, 0.5 * X.var(axis=0), rtol=1e-15)
+
+
+def test_a_new_training_forward_forgets_the_last_backward() -> None:
+    bn = trained(staged=True)
+    bn.backward(np.ones((4, 3)))
+    assert bn.backward_steps is not None
+    bn.forward(X)
+    assert bn.backward_steps is None
 
 
 def test_a_refused_backward_keeps_the_last_results() -> None:
@@ -321,8 +368,8 @@ def test_corrected_statistics_before_any_step_and_with_rho_one() -> None:
         assert mean.dtype == var.dtype == np.float64
         np.testing.assert_array_equal(mean, [1.0, 2.0])
         np.testing.assert_array_equal(var, [3.0, 4.0])
-    bn.moving_mean = np.array([1, 2], np.float32)  # rebound by hand: still float64 out
-    assert bn.corrected_moving_statistics()[0].dtype == np.float64
+    bn.moving_mean, bn.moving_var = np.array([1, 2], np.float32), np.array([3, 4], np.float32)
+    assert [a.dtype for a in bn.corrected_moving_statistics()] == [np.float64, np.float64]  # rebound: still float64
     frozen = BatchNormalization(np.ones(2), np.zeros(2), rho=1.0, moving_mean=[1, 2], moving_var=[3, 4],
                                 bias_correction=True)
     x = np.array([[0.0, 5.0], [4.0, -1.0]])

@@ -84,7 +84,8 @@ def test_intermediates_are_none_before_training_and_kept_by_prediction(staged, r
     bn = BatchNormalization(np.ones(3), np.zeros(3), epsilon=EPS, staged=staged,
                             moving_mean=np.zeros(3), moving_var=np.ones(3))
     bn.forward(rng.normal(size=(5, 3)), train_flg=False)
-    for name in ("x_mu", "x_std", "std", "mean", "var", "forward_steps"):
+    for name in ("x_mu", "x_std", "std", "mean", "var", "forward_steps", "backward_steps", "batch_size",
+                 "dgamma", "dbeta"):
         assert getattr(bn, name) is None, name
     x = distinct_channels((6, 3), rng)
     bn.forward(x)

@@ -259,6 +259,26 @@ def test_one_pass_statistics_on_data_without_drift(monkeypatch, rng) -> None:
     assert not calls
 
 
+def test_blocks_of_whole_rows(monkeypatch) -> None:
+    """rows = min(BLOCK_BYTES // row bytes, MAX_BLOCK_VALUES // S, MAX_BLOCK_ROWS), at least 1."""
+    x3 = np.zeros((7, 3, 2))  # 48 bytes a row
+
+    def starts() -> list[int]:
+        blocks = list(_kernels._blocks(x3))
+        assert all(chans == slice(None) for _, chans in blocks)
+        return [rows.start for rows, _ in blocks]
+
+    monkeypatch.setattr(_kernels, "BLOCK_BYTES", 100)
+    assert starts() == [0, 2, 4, 6]
+    monkeypatch.setattr(_kernels, "BLOCK_BYTES", 48)
+    assert starts() == list(range(7))
+    monkeypatch.setattr(_kernels, "BLOCK_BYTES", 1000)
+    monkeypatch.setattr(_kernels, "MAX_BLOCK_VALUES", 6)  # 3 rows of S = 2
+    assert starts() == [0, 3, 6]
+    monkeypatch.setattr(_kernels, "MAX_BLOCK_ROWS", 2)
+    assert starts() == [0, 2, 4, 6]
+
+
 def test_split_rows_group_as_many_channels_as_fit(monkeypatch) -> None:
     """A row of 16 channels x 2 values x 8 bytes = 256 bytes, blocks of 64 bytes: 4 channels a block."""
     monkeypatch.setattr(_kernels, "BLOCK_BYTES", 64)
@@ -267,6 +287,8 @@ def test_split_rows_group_as_many_channels_as_fit(monkeypatch) -> None:
     monkeypatch.setattr(_kernels, "BLOCK_BYTES", 40)  # 2.5 channels' worth: 2 a block, the rest alone
     blocks = list(_kernels._blocks(np.zeros((1, 5, 2))))
     assert blocks == [(slice(0, 1), slice(0, 2)), (slice(0, 1), slice(2, 4)), (slice(0, 1), slice(4, 5))]
+    blocks = list(_kernels._blocks(np.zeros((1, 3, 16))))  # one channel is 128 bytes: one a block
+    assert blocks == [(slice(0, 1), slice(c, c + 1)) for c in range(3)]
 
 
 @pytest.mark.parametrize("shape", [(7, 3, 1), (5, 2, 6)])
