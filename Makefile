@@ -20,6 +20,7 @@ help:
 	@echo "make translations  refresh docs/locales from the English sources; list what is new or fuzzy"
 	@echo "make test   run every test, including a strict build of the book"
 	@echo "make bench  time bnlit against PyTorch (if installed); saves docs/data/benchmark.json"
+	@echo "make mutation  mutation score of the fast tests over bnlit/ (a benchmark of the tests, ~15 min)"
 	@echo "make clean  remove build outputs;  make distclean  also remove $(VENV)"
 
 $(BIN)/python:
