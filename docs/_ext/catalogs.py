@@ -59,6 +59,7 @@ def needs_translation(text: str) -> bool:
 # What a translation must carry over unchanged: roles with their targets, math,
 # inline code and link targets.
 _KEEP = [
+    re.compile(r"``.+?``"),  # reST literals of the API's docstrings
     re.compile(r"\{[\w:-]+\}`[^`]*`"),  # {glue:text}`name:.2f`, {doc}`page`, {cite}`key`
     re.compile(r"\$\$.*?\$\$|\$[^$]+\$", re.S),  # math
     re.compile(r"(?<![}A-Za-z0-9_])`[^`]+`"),  # inline code
