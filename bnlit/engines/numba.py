@@ -1,0 +1,457 @@
+"""The numba engine: fused, compiled loops that read each array the fewest times.
+
+Needs the optional package numba (``pip install "bnlit[fast]"``). Every kernel
+works on a C-contiguous ``(N, C, S)`` view of the data, as the NumPy engine
+does (channels on axis 1; ``S = H * W`` for 4-D input, ``S = 1`` for 2-D
+input), and moves the fewest bytes a step allows:
+
+=================  ====================  ==========================
+step               reads                 writes
+=================  ====================  ==========================
+statistics         ``x`` once            per-channel sums
+normalize          ``x`` once            ``out`` once
+gradient sums      ``x``, ``dout`` once  per-channel sums
+input gradient     ``x``, ``dout`` once  ``out`` once
+=================  ====================  ==========================
+
+Each value is widened to float64 as it is read, and every sum and every
+product is formed in float64 (float32 data keeps float32 memory traffic and
+gets float64 arithmetic). Statistics are sums of ``x - k`` with ``k`` a value
+of the same channel (the shifted-data algorithm), so data far from zero keeps
+its digits.
+
+Two loop orders read memory contiguously. When a channel's values lie in runs
+of at least ``PLANE_MIN`` (4-D input with large ``H * W``), a channel's run is
+reduced in registers. Otherwise (2-D input, small images) whole rows are read
+and each position keeps its own running sums (one per column), folded into its
+channel at the end.
+
+Reductions are cut into tiles (``ROWS`` rows of the batch times a group of
+channels) that depend on the shape alone. Each tile's sums are kept apart and
+added in tile order, so the result is the same, bit for bit, whatever the
+number of threads (``bnlit.set_num_threads``) that shared the tiles. Tiles are
+merged with Chan et al.'s update, which keeps data that drifts along the batch
+accurate too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Callable, Optional
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._threads import get_num_threads
+from ..stats import GradSums, Moments
+from ._base import Engine
+
+try:
+    import numba
+except ImportError:  # optional: the engine refuses politely (see get_engine)
+    numba = None
+
+F64 = NDArray[np.float64]
+Array = NDArray[np.floating]
+
+#: What to install to get this engine.
+INSTALL = 'pip install "bnlit[fast]"'
+#: Whether numba is importable, so that this engine can run.
+AVAILABLE = numba is not None
+#: Shortest run of one channel's values (``H * W``) that the plane loops take;
+#: shorter runs are read as whole rows.
+PLANE_MIN = 32
+#: Rows of the batch in one tile of a reduction.
+ROWS = 256
+#: Most positions (``channels * S``) one tile of the row loops keeps sums for:
+#: two float64 vectors of this length stay in a core's L1/L2 cache.
+ROW_WIDTH = 4096
+#: Threads are used only when each gets at least this many bytes of input.
+MIN_BYTES_PER_THREAD = 1 << 20
+
+
+# ------------------------------------------------------------- compilation
+def _writable(folder: str) -> bool:
+    """Whether ``folder`` exists (or can be made) and takes a new file, as numba checks."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return False
+    return True
+
+
+def cache_folder(here: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[str]:
+    """Where the compiled kernels are cached on disk, or None when nowhere is writable.
+
+    ``NUMBA_CACHE_DIR`` when set; else the package's own ``__pycache__``;
+    else (a read-only install) a ``bnlit`` folder in the user's cache
+    directory, or in the temporary directory.
+    """
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    candidates = [os.path.join(here, "__pycache__")]
+    user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates.append(os.path.join(user_cache, "bnlit", "numba"))
+    candidates.append(os.path.join(tempfile.gettempdir(), f"bnlit-numba-{os.getuid() if hasattr(os, 'getuid') else 0}"))
+    return next((folder for folder in candidates if _writable(folder)), None)
+
+
+CACHE_FOLDER = cache_folder() if AVAILABLE else None
+if numba is not None and CACHE_FOLDER is not None and not os.environ.get("NUMBA_CACHE_DIR"):
+    if not CACHE_FOLDER.endswith("__pycache__"):  # numba would not find it alone
+        numba.config.CACHE_DIR = CACHE_FOLDER
+
+
+def _jit(reduce: bool = False, parallel: bool = True) -> Callable[[Callable[..., Any]], Any]:
+    """numba's ``njit``, cached on disk, releasing the GIL; ``reduce`` lets the compiler
+    reassociate the sums of one tile (to vectorize them: same order every run)."""
+
+    def decorate(function: Callable[..., Any]) -> Any:
+        if numba is None:
+            return function
+        return numba.njit(
+            cache=CACHE_FOLDER is not None, nogil=True, parallel=parallel,
+            fastmath={"reassoc"} if reduce else False, error_model="numpy",
+        )(function)
+
+    return decorate
+
+
+prange = numba.prange if numba is not None else range
+
+
+# ---------------------------------------------------------------- the kernels
+# Each reduction kernel returns per-tile results of shape (tiles along the
+# batch, channels); the tiles of one row of that array are disjoint sets of
+# channels, so any thread may compute any tile.
+@_jit(reduce=True)
+def _moments_planes(x3, rows):  # type: ignore[no-untyped-def]
+    """Per tile (rows of the batch x one channel): a shift ``k`` (the tile's first
+    value), ``sum(x - k)`` and ``sum((x - k)**2)``."""
+    n, channels, s = x3.shape
+    chunks = (n + rows - 1) // rows
+    shift = np.empty((chunks, channels))
+    s1 = np.empty((chunks, channels))
+    s2 = np.empty((chunks, channels))
+    for tile in prange(chunks * channels):
+        r = tile // channels
+        c = tile - r * channels
+        n0 = r * rows
+        n1 = min(n, n0 + rows)
+        k = np.float64(x3[n0, c, 0])
+        t1 = 0.0
+        t2 = 0.0
+        for i in range(n0, n1):
+            for j in range(s):
+                v = np.float64(x3[i, c, j]) - k
+                t1 += v
+                t2 += v * v
+        shift[r, c] = k
+        s1[r, c] = t1
+        s2[r, c] = t2
+    return shift, s1, s2
+
+
+@_jit()
+def _moments_rows(x3, rows, group):  # type: ignore[no-untyped-def]
+    """As ``_moments_planes``, for short runs: a tile is ``rows`` whole rows of
+    ``group`` channels, read row by row with one running sum per position."""
+    n, channels, s = x3.shape
+    x2 = x3.reshape(n, channels * s)
+    chunks = (n + rows - 1) // rows
+    groups = (channels + group - 1) // group
+    shift = np.empty((chunks, channels))
+    s1 = np.empty((chunks, channels))
+    s2 = np.empty((chunks, channels))
+    for tile in prange(chunks * groups):
+        r = tile // groups
+        g = tile - r * groups
+        n0 = r * rows
+        n1 = min(n, n0 + rows)
+        c0 = g * group
+        c1 = min(channels, c0 + group)
+        p0 = c0 * s
+        width = (c1 - c0) * s
+        k = np.empty(width)
+        a1 = np.zeros(width)
+        a2 = np.zeros(width)
+        for c in range(c0, c1):
+            kc = np.float64(x2[n0, c * s])
+            shift[r, c] = kc
+            for j in range(s):
+                k[(c - c0) * s + j] = kc
+        i = n0
+        while i + 4 <= n1:  # four rows at a time: a quarter of the updates of a1, a2
+            for j in range(width):
+                v0 = np.float64(x2[i, p0 + j]) - k[j]
+                v1 = np.float64(x2[i + 1, p0 + j]) - k[j]
+                v2 = np.float64(x2[i + 2, p0 + j]) - k[j]
+                v3 = np.float64(x2[i + 3, p0 + j]) - k[j]
+                a1[j] += (v0 + v1) + (v2 + v3)
+                a2[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+            i += 4
+        while i < n1:
+            for j in range(width):
+                v0 = np.float64(x2[i, p0 + j]) - k[j]
+                a1[j] += v0
+                a2[j] += v0 * v0
+            i += 1
+        for c in range(c0, c1):
+            t1 = 0.0
+            t2 = 0.0
+            for j in range((c - c0) * s, (c - c0 + 1) * s):
+                t1 += a1[j]
+                t2 += a2[j]
+            s1[r, c] = t1
+            s2[r, c] = t2
+    return shift, s1, s2
+
+
+@_jit(parallel=False)
+def _merge_tiles(shift, s1, s2, counts):  # type: ignore[no-untyped-def]
+    """Per-channel mean and biased variance from the tiles' shifted sums, merged in
+    tile order with Chan et al.'s update (the one in :func:`bnlit.stats.merge_moments`)."""
+    chunks, channels = shift.shape
+    mean = np.empty(channels)
+    var = np.empty(channels)
+    for c in range(channels):
+        total = 0.0
+        mu = 0.0
+        m2 = 0.0
+        for r in range(chunks):
+            nb = counts[r]
+            mb = shift[r, c] + s1[r, c] / nb
+            m2b = max(s2[r, c] - s1[r, c] * s1[r, c] / nb, 0.0)
+            if r == 0:
+                total, mu, m2 = nb, mb, m2b
+            else:
+                both = total + nb
+                delta = mb - mu
+                mu += delta * (nb / both)
+                m2 += m2b + delta * delta * (total * nb / both)
+                total = both
+        mean[c] = mu
+        var[c] = max(m2, 0.0) / total
+    return mean, var
+
+
+@_jit(reduce=True)
+def _grad_sums_planes(x3, d3, mean, rows):  # type: ignore[no-untyped-def]
+    """Per tile: ``sum(dout)`` and ``sum(dout * (x - mean))``."""
+    n, channels, s = x3.shape
+    chunks = (n + rows - 1) // rows
+    sd = np.empty((chunks, channels))
+    sdx = np.empty((chunks, channels))
+    for tile in prange(chunks * channels):
+        r = tile // channels
+        c = tile - r * channels
+        m = mean[c]
+        t1 = 0.0
+        t2 = 0.0
+        for i in range(r * rows, min(n, r * rows + rows)):
+            for j in range(s):
+                d = np.float64(d3[i, c, j])
+                t1 += d
+                t2 += d * (np.float64(x3[i, c, j]) - m)
+        sd[r, c] = t1
+        sdx[r, c] = t2
+    return sd, sdx
+
+
+@_jit()
+def _grad_sums_rows(x3, d3, mean, rows, group):  # type: ignore[no-untyped-def]
+    """As ``_grad_sums_planes``, reading whole rows (short runs)."""
+    n, channels, s = x3.shape
+    x2 = x3.reshape(n, channels * s)
+    d2 = d3.reshape(n, channels * s)
+    chunks = (n + rows - 1) // rows
+    groups = (channels + group - 1) // group
+    sd = np.empty((chunks, channels))
+    sdx = np.empty((chunks, channels))
+    for tile in prange(chunks * groups):
+        r = tile // groups
+        g = tile - r * groups
+        n0 = r * rows
+        n1 = min(n, n0 + rows)
+        c0 = g * group
+        c1 = min(channels, c0 + group)
+        p0 = c0 * s
+        width = (c1 - c0) * s
+        m = np.empty(width)
+        a1 = np.zeros(width)
+        a2 = np.zeros(width)
+        for c in range(c0, c1):
+            for j in range(s):
+                m[(c - c0) * s + j] = mean[c]
+        i = n0
+        while i + 4 <= n1:
+            for j in range(width):
+                e0 = np.float64(d2[i, p0 + j])
+                e1 = np.float64(d2[i + 1, p0 + j])
+                e2 = np.float64(d2[i + 2, p0 + j])
+                e3 = np.float64(d2[i + 3, p0 + j])
+                a1[j] += (e0 + e1) + (e2 + e3)
+                a2[j] += (e0 * (np.float64(x2[i, p0 + j]) - m[j]) + e1 * (np.float64(x2[i + 1, p0 + j]) - m[j])) + (
+                    e2 * (np.float64(x2[i + 2, p0 + j]) - m[j]) + e3 * (np.float64(x2[i + 3, p0 + j]) - m[j])
+                )
+            i += 4
+        while i < n1:
+            for j in range(width):
+                e0 = np.float64(d2[i, p0 + j])
+                a1[j] += e0
+                a2[j] += e0 * (np.float64(x2[i, p0 + j]) - m[j])
+            i += 1
+        for c in range(c0, c1):
+            t1 = 0.0
+            t2 = 0.0
+            for j in range((c - c0) * s, (c - c0 + 1) * s):
+                t1 += a1[j]
+                t2 += a2[j]
+            sd[r, c] = t1
+            sdx[r, c] = t2
+    return sd, sdx
+
+
+@_jit()
+def _normalize(x3, mean, scale, shift, out3):  # type: ignore[no-untyped-def]
+    """``out3 = (x3 - mean) * scale + shift`` per channel, in float64, one read and one
+    write. Threads take contiguous rows of the batch (each faults in its own pages)."""
+    n, channels, s = x3.shape
+    if s >= PLANE_MIN:  # per-channel constants held in registers along a run
+        for i in prange(n):
+            for c in range(channels):
+                m = mean[c]
+                a = scale[c]
+                b = shift[c]
+                for j in range(s):
+                    out3[i, c, j] = (np.float64(x3[i, c, j]) - m) * a + b
+    else:  # short runs: constants spread over a row, the row read in one sweep
+        width = channels * s
+        x2 = x3.reshape(n, width)
+        o2 = out3.reshape(n, width)
+        m = np.empty(width)
+        a = np.empty(width)
+        b = np.empty(width)
+        for c in range(channels):
+            for j in range(s):
+                m[c * s + j] = mean[c]
+                a[c * s + j] = scale[c]
+                b[c * s + j] = shift[c]
+        for i in prange(n):
+            for j in range(width):
+                o2[i, j] = (np.float64(x2[i, j]) - m[j]) * a[j] + b[j]
+
+
+@_jit()
+def _input_grad(x3, d3, mean, scale, slope, offset, out3):  # type: ignore[no-untyped-def]
+    """``out3 = scale * (d3 + slope * (x3 - mean) + offset)`` per channel, in float64:
+    one read of each input and one write."""
+    n, channels, s = x3.shape
+    if s >= PLANE_MIN:
+        for i in prange(n):
+            for c in range(channels):
+                m = mean[c]
+                a = scale[c]
+                k = slope[c]
+                b = offset[c]
+                for j in range(s):
+                    out3[i, c, j] = a * (np.float64(d3[i, c, j]) + k * (np.float64(x3[i, c, j]) - m) + b)
+    else:
+        width = channels * s
+        x2 = x3.reshape(n, width)
+        d2 = d3.reshape(n, width)
+        o2 = out3.reshape(n, width)
+        m = np.empty(width)
+        a = np.empty(width)
+        k = np.empty(width)
+        b = np.empty(width)
+        for c in range(channels):
+            for j in range(s):
+                m[c * s + j] = mean[c]
+                a[c * s + j] = scale[c]
+                k[c * s + j] = slope[c]
+                b[c * s + j] = offset[c]
+        for i in prange(n):
+            for j in range(width):
+                o2[i, j] = a[j] * (np.float64(d2[i, j]) + k[j] * (np.float64(x2[i, j]) - m[j]) + b[j])
+
+
+# ------------------------------------------------------------------ the engine
+def _contiguous(a: NDArray[Any]) -> NDArray[Any]:
+    """``a`` itself when C-contiguous (one compiled version per dtype suffices), else a copy."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _threads(nbytes: int) -> None:
+    """Let numba's next parallel loop on this thread use bnlit's thread count (at most
+    the cores numba started with; one for small inputs)."""
+    assert numba is not None
+    wanted = min(get_num_threads(), numba.config.NUMBA_NUM_THREADS, max(1, nbytes // MIN_BYTES_PER_THREAD))
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
+
+
+def _row_group(x3: Array) -> int:
+    """Channels in one tile of the row loops (whole channels, at most ROW_WIDTH positions)."""
+    return max(1, ROW_WIDTH // x3.shape[2])
+
+
+def _tile_counts(x3: Array) -> NDArray[np.float64]:
+    """Values per channel in each tile along the batch."""
+    n, s = x3.shape[0], x3.shape[2]
+    rows = np.minimum(ROWS, n - np.arange(0, n, ROWS))
+    return (rows * s).astype(np.float64)
+
+
+def _into(out3: Array, fill: Callable[[Array], None]) -> None:
+    """Run ``fill`` on ``out3``, through a contiguous buffer if ``out3`` is not contiguous."""
+    if out3.flags.c_contiguous:
+        fill(out3)
+    else:
+        buffer = np.empty(out3.shape, out3.dtype)
+        fill(buffer)
+        out3[...] = buffer
+
+
+class NumbaEngine(Engine):
+    """The compiled kernels above behind the engine contract."""
+
+    name = "numba"
+
+    def moments(self, x3: Array) -> Moments:
+        x3 = _contiguous(x3)
+        _threads(x3.nbytes)
+        if x3.shape[2] >= PLANE_MIN:
+            tiles = _moments_planes(x3, ROWS)
+        else:
+            tiles = _moments_rows(x3, ROWS, _row_group(x3))
+        mean, var = _merge_tiles(*tiles, _tile_counts(x3))
+        return Moments(x3.shape[0] * x3.shape[2], mean, var)
+
+    def normalize(self, x3: Array, mean: F64, scale: F64, shift: F64, out3: Array, centred: bool) -> None:
+        x3 = _contiguous(x3)
+        _threads(x3.nbytes)
+        vectors = [_contiguous(v) for v in (mean, scale, shift)]
+        _into(out3, lambda o: _normalize(x3, *vectors, o))
+
+    def grad_sums(self, x3: Array, dout3: Array, mean: F64, centred: bool) -> GradSums:
+        x3, dout3 = _contiguous(x3), _contiguous(dout3)
+        _threads(x3.nbytes)
+        if x3.shape[2] >= PLANE_MIN:
+            sd, sdx = _grad_sums_planes(x3, dout3, _contiguous(mean), ROWS)
+        else:
+            sd, sdx = _grad_sums_rows(x3, dout3, _contiguous(mean), ROWS, _row_group(x3))
+        return GradSums(sd.sum(axis=0), sdx.sum(axis=0))  # tiles along the batch, in order
+
+    def input_grad(
+        self, x3: Array, dout3: Array, mean: F64, scale: F64, slope: F64, offset: F64, out3: Array, centred: bool
+    ) -> None:
+        x3, dout3 = _contiguous(x3), _contiguous(dout3)
+        _threads(x3.nbytes)
+        vectors = [_contiguous(v) for v in (mean, scale, slope, offset)]
+        _into(out3, lambda o: _input_grad(x3, dout3, *vectors, o))
+
+
+ENGINE = NumbaEngine()
