@@ -15,7 +15,6 @@ numba when it is installed, else NumPy.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 
 from ._base import Engine
@@ -28,6 +27,11 @@ ENGINES = {"numpy": "bnlit.engines.numpy", "numba": "bnlit.engines.numba"}
 INSTALL = {"numba": 'pip install "bnlit[fast]"'}
 
 
+def _available(name: str) -> bool:
+    """Whether the engine ``name`` can run here (its optional package imports)."""
+    return bool(getattr(importlib.import_module(ENGINES[name]), "AVAILABLE", True))
+
+
 def resolve(name: str = "auto") -> str:
     """The engine name ``name`` stands for: itself, or for ``"auto"`` the one
     ``BNLIT_ENGINE`` names, else ``"numba"`` when numba is installed, else ``"numpy"``."""
@@ -38,7 +42,7 @@ def resolve(name: str = "auto") -> str:
                 f"BNLIT_ENGINE must be one of {sorted(ENGINES)} or 'auto'; got {name!r}"
             )
     if name == "auto":
-        return "numba" if importlib.util.find_spec("numba") is not None else "numpy"
+        return "numba" if _available("numba") else "numpy"
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)} or 'auto'; got {name!r}")
     return name
@@ -55,11 +59,10 @@ def get_engine(name: str = "auto") -> Engine:
         The engine needs an optional package that is not installed.
     """
     name = resolve(name)
-    module = importlib.import_module(ENGINES[name])
-    if not getattr(module, "AVAILABLE", True):
+    if not _available(name):
         raise ImportError(
             f"the {name} engine needs the optional package {name}, which is not installed "
             f"here: {INSTALL[name]} (or use engine='numpy')"
         )
-    engine: Engine = module.ENGINE
+    engine: Engine = importlib.import_module(ENGINES[name]).ENGINE
     return engine

@@ -36,6 +36,7 @@ accurate too.
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from typing import Any, Callable, Optional
@@ -47,9 +48,9 @@ from .._threads import get_num_threads
 from ..stats import GradSums, Moments
 from ._base import Engine
 
-try:
-    import numba
-except ImportError:  # optional: the engine refuses politely (see get_engine)
+try:  # optional: without it the engine refuses politely (see bnlit.engines.get_engine)
+    numba: Any = importlib.import_module("numba")
+except ImportError:
     numba = None
 
 F64 = NDArray[np.float64]
@@ -127,7 +128,7 @@ prange = numba.prange if numba is not None else range
 # batch, channels); the tiles of one row of that array are disjoint sets of
 # channels, so any thread may compute any tile.
 @_jit(reduce=True)
-def _moments_planes(x3, rows):  # type: ignore[no-untyped-def]
+def _moments_planes(x3, rows):
     """Per tile (rows of the batch x one channel): a shift ``k`` (the tile's first
     value), ``sum(x - k)`` and ``sum((x - k)**2)``."""
     n, channels, s = x3.shape
@@ -155,7 +156,7 @@ def _moments_planes(x3, rows):  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def _moments_rows(x3, rows, group):  # type: ignore[no-untyped-def]
+def _moments_rows(x3, rows, group):
     """As ``_moments_planes``, for short runs: a tile is ``rows`` whole rows of
     ``group`` channels, read row by row with one running sum per position."""
     n, channels, s = x3.shape
@@ -210,19 +211,23 @@ def _moments_rows(x3, rows, group):  # type: ignore[no-untyped-def]
 
 
 @_jit(parallel=False)
-def _merge_tiles(shift, s1, s2, counts):  # type: ignore[no-untyped-def]
+def _merge_tiles(shift, s1, s2, counts):
     """Per-channel mean and biased variance from the tiles' shifted sums, merged in
-    tile order with Chan et al.'s update (the one in :func:`bnlit.stats.merge_moments`)."""
+    tile order with Chan et al.'s update (the one in :func:`bnlit.stats.merge_moments`).
+
+    Means are merged relative to the first tile's shift, so that data far from
+    zero keeps the digits of its spread."""
     chunks, channels = shift.shape
     mean = np.empty(channels)
     var = np.empty(channels)
     for c in range(channels):
+        origin = shift[0, c]
         total = 0.0
-        mu = 0.0
+        mu = 0.0  # relative to origin
         m2 = 0.0
         for r in range(chunks):
             nb = counts[r]
-            mb = shift[r, c] + s1[r, c] / nb
+            mb = (shift[r, c] - origin) + s1[r, c] / nb
             m2b = max(s2[r, c] - s1[r, c] * s1[r, c] / nb, 0.0)
             if r == 0:
                 total, mu, m2 = nb, mb, m2b
@@ -232,13 +237,13 @@ def _merge_tiles(shift, s1, s2, counts):  # type: ignore[no-untyped-def]
                 mu += delta * (nb / both)
                 m2 += m2b + delta * delta * (total * nb / both)
                 total = both
-        mean[c] = mu
-        var[c] = max(m2, 0.0) / total
+        mean[c] = origin + mu
+        var[c] = m2 / total
     return mean, var
 
 
 @_jit(reduce=True)
-def _grad_sums_planes(x3, d3, mean, rows):  # type: ignore[no-untyped-def]
+def _grad_sums_planes(x3, d3, mean, rows):
     """Per tile: ``sum(dout)`` and ``sum(dout * (x - mean))``."""
     n, channels, s = x3.shape
     chunks = (n + rows - 1) // rows
@@ -261,7 +266,7 @@ def _grad_sums_planes(x3, d3, mean, rows):  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def _grad_sums_rows(x3, d3, mean, rows, group):  # type: ignore[no-untyped-def]
+def _grad_sums_rows(x3, d3, mean, rows, group):
     """As ``_grad_sums_planes``, reading whole rows (short runs)."""
     n, channels, s = x3.shape
     x2 = x3.reshape(n, channels * s)
@@ -315,7 +320,7 @@ def _grad_sums_rows(x3, d3, mean, rows, group):  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def _normalize(x3, mean, scale, shift, out3):  # type: ignore[no-untyped-def]
+def _normalize(x3, mean, scale, shift, out3):
     """``out3 = (x3 - mean) * scale + shift`` per channel, in float64, one read and one
     write. Threads take contiguous rows of the batch (each faults in its own pages)."""
     n, channels, s = x3.shape
@@ -345,7 +350,7 @@ def _normalize(x3, mean, scale, shift, out3):  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def _input_grad(x3, d3, mean, scale, slope, offset, out3):  # type: ignore[no-untyped-def]
+def _input_grad(x3, d3, mean, scale, slope, offset, out3):
     """``out3 = scale * (d3 + slope * (x3 - mean) + offset)`` per channel, in float64:
     one read of each input and one write."""
     n, channels, s = x3.shape
