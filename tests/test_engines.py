@@ -26,15 +26,21 @@ numba = pytest.importorskip("numba", reason=f"the numba engine is optional: {HIN
 from bnlit.engines import numba as fused  # noqa: E402  (needs numba to mean anything)
 
 # Shapes that take every loop of the numba engine: rows (short runs, 2-D), rows in
-# several channel groups, planes (long runs), and several tiles along the batch.
+# several channel groups, planes (long runs).
 SHAPES = {
     "2d": (50, 3),
-    "2d-tiles-along-batch": (2 * fused.ROWS + 37, 5),
     "4d-short-runs": (6, 3, 5, 4),
     "4d-short-runs-groups": (5, 2 * fused.ROW_WIDTH // 16 + 3, 4, 4),
     "4d-planes": (6, 3, 8, 8),
-    "4d-planes-tiles-along-batch": (fused.ROWS + 9, 2, 6, 6),
 }
+
+
+@pytest.fixture(params=["one-tile", "tiles-of-2-rows"])
+def tiles(request, monkeypatch) -> str:
+    """Small inputs fit one tile; tiles of two rows make several along the batch."""
+    if request.param != "one-tile":
+        monkeypatch.setattr(fused, "MAX_ROWS", 2)
+    return request.param
 
 
 def scaled(rng: np.random.Generator, shape: tuple[int, ...], location: float, spread: float = 1.0) -> np.ndarray:
@@ -92,7 +98,7 @@ def test_without_numba_auto_is_numpy_and_numba_is_a_clear_error(tmp_path) -> Non
 # ------------------------------------------------------- agreement with NumPy
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 @pytest.mark.parametrize("location", [0.5, 300.0], ids=["centred", "far-from-zero"])
-def test_numba_agrees_with_numpy_in_float64(shape, location, rng) -> None:
+def test_numba_agrees_with_numpy_in_float64(shape, location, tiles, rng) -> None:
     x, dout = scaled(rng, shape, location), rng.standard_normal(shape)
     gamma, beta = rng.normal(size=shape[1]), rng.normal(size=shape[1])
     want, got = run("numpy", x, dout, gamma, beta), run("numba", x, dout, gamma, beta)
@@ -167,11 +173,12 @@ def test_float64_far_from_zero_keeps_its_digits(rng) -> None:
         np.testing.assert_allclose(moments.var, (centred * centred).mean(axis=axes), rtol=1e-7)
 
 
-def test_statistics_survive_drift_along_the_batch(rng) -> None:
+def test_statistics_survive_drift_along_the_batch(monkeypatch, rng) -> None:
     """Each tile along the batch shifts by its own first value; tiles merge by Chan's update."""
-    x = rng.normal(size=(4 * fused.ROWS, 4)).astype(np.float32)
-    x[fused.ROWS:] += 1000.0  # every tile after the first sits a thousand spreads away
-    x[3 * fused.ROWS:] -= 3000.0
+    monkeypatch.setattr(fused, "MAX_ROWS", 64)
+    x = rng.normal(size=(4 * 64, 4)).astype(np.float32)
+    x[64:] += 1000.0  # every tile after the first sits a thousand spreads away
+    x[3 * 64:] -= 3000.0
     moments = engines.get_engine("numba").moments(x.reshape(x.shape[0], 4, 1))
     reference = x.astype(np.float64)
     np.testing.assert_allclose(moments.mean, reference.mean(axis=0), rtol=0, atol=1e-12 * 3000)
@@ -196,11 +203,11 @@ def test_tile_merge_is_chans_update(rng) -> None:
 
 # ------------------------------------------------------------------- threads
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one core: numba has no second thread to use")
-@pytest.mark.parametrize("shape", [SHAPES["2d-tiles-along-batch"], SHAPES["4d-short-runs-groups"],
-                                   SHAPES["4d-planes-tiles-along-batch"]], ids=["2d", "short", "planes"])
+@pytest.mark.parametrize("shape", [(301, 5), SHAPES["4d-short-runs-groups"], (37, 2, 6, 6)], ids=["2d", "short", "planes"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_threads_give_identical_results(shape, dtype, monkeypatch, rng) -> None:
     monkeypatch.setattr(fused, "MIN_BYTES_PER_THREAD", 1)  # small test inputs use threads too
+    monkeypatch.setattr(fused, "MAX_ROWS", 3)  # and several tiles to share out
     x = scaled(rng, shape, 3.0).astype(dtype)
     dout = rng.standard_normal(shape).astype(dtype)
     before = bnlit.get_num_threads()

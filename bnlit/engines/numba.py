@@ -20,17 +20,17 @@ gets float64 arithmetic). Statistics are sums of ``x - k`` with ``k`` a value
 of the same channel (the shifted-data algorithm), so data far from zero keeps
 its digits.
 
-Two loop orders read memory contiguously. When a channel's values lie in runs
-of at least ``PLANE_MIN`` (4-D input with large ``H * W``), a channel's run is
-reduced in registers. Otherwise (2-D input, small images) whole rows are read
-and each position keeps its own running sums (one per column), folded into its
-channel at the end.
+Every loop reads whole rows of the batch, in memory order. When a channel's
+values lie in runs of at least ``PLANE_MIN`` (4-D input with large ``H * W``),
+each run is reduced in registers. Otherwise (2-D input, small images) each
+position of a row keeps its own running sums, folded into its channel at the
+end of a tile.
 
-Reductions are cut into tiles (``ROWS`` rows of the batch times a group of
-channels) that depend on the shape alone. Each tile's sums are kept apart and
-added in tile order, so the result is the same, bit for bit, whatever the
-number of threads (``bnlit.set_num_threads``) that shared the tiles. Tiles are
-merged with Chan et al.'s update, which keeps data that drifts along the batch
+Reductions are cut into tiles of whole rows (about ``TILE_BYTES``) that depend
+on the shape alone. Each tile's sums are kept apart and merged in tile order,
+so the result is the same, bit for bit, whatever the number of threads
+(``bnlit.set_num_threads``) that shared the tiles out. Moments of tiles merge
+with Chan et al.'s update, which keeps data that drifts along the batch
 accurate too.
 """
 
@@ -63,8 +63,10 @@ AVAILABLE = numba is not None
 #: Shortest run of one channel's values (``H * W``) that the plane loops take;
 #: shorter runs are read as whole rows.
 PLANE_MIN = 32
-#: Rows of the batch in one tile of a reduction.
-ROWS = 256
+#: Bytes of one tile of a reduction (whole rows of the batch, at most ``MAX_ROWS``):
+#: tiles are what threads share out.
+TILE_BYTES = 1 << 20
+MAX_ROWS = 1024
 #: Most positions (``channels * S``) one tile of the row loops keeps sums for:
 #: two float64 vectors of this length stay in a core's L1/L2 cache.
 ROW_WIDTH = 4096
@@ -124,34 +126,35 @@ prange = numba.prange if numba is not None else range
 
 
 # ---------------------------------------------------------------- the kernels
-# Each reduction kernel returns per-tile results of shape (tiles along the
-# batch, channels); the tiles of one row of that array are disjoint sets of
-# channels, so any thread may compute any tile.
+# A reduction kernel cuts the batch into tiles of ``rows`` whole rows (and, in
+# the row loops, into groups of ``group`` channels) and returns one result per
+# tile and channel, shape (tiles along the batch, channels). Tiles depend on
+# the shape alone and any thread may compute any tile; each thread gets a
+# contiguous stretch of memory.
 @_jit(reduce=True)
 def _moments_planes(x3, rows):
-    """Per tile (rows of the batch x one channel): a shift ``k`` (the tile's first
-    value), ``sum(x - k)`` and ``sum((x - k)**2)``."""
+    """Per tile along the batch and channel: a shift ``k`` (the channel's first value
+    in the tile), ``sum(x - k)`` and ``sum((x - k)**2)``."""
     n, channels, s = x3.shape
     chunks = (n + rows - 1) // rows
     shift = np.empty((chunks, channels))
-    s1 = np.empty((chunks, channels))
-    s2 = np.empty((chunks, channels))
-    for tile in prange(chunks * channels):
-        r = tile // channels
-        c = tile - r * channels
+    s1 = np.zeros((chunks, channels))
+    s2 = np.zeros((chunks, channels))
+    for r in prange(chunks):
         n0 = r * rows
-        n1 = min(n, n0 + rows)
-        k = np.float64(x3[n0, c, 0])
-        t1 = 0.0
-        t2 = 0.0
-        for i in range(n0, n1):
-            for j in range(s):
-                v = np.float64(x3[i, c, j]) - k
-                t1 += v
-                t2 += v * v
-        shift[r, c] = k
-        s1[r, c] = t1
-        s2[r, c] = t2
+        for c in range(channels):
+            shift[r, c] = np.float64(x3[n0, c, 0])
+        for i in range(n0, min(n, n0 + rows)):
+            for c in range(channels):  # row by row: memory is read in order
+                k = shift[r, c]
+                t1 = 0.0
+                t2 = 0.0
+                for j in range(s):
+                    v = np.float64(x3[i, c, j]) - k
+                    t1 += v
+                    t2 += v * v
+                s1[r, c] += t1
+                s2[r, c] += t2
     return shift, s1, s2
 
 
@@ -244,24 +247,23 @@ def _merge_tiles(shift, s1, s2, counts):
 
 @_jit(reduce=True)
 def _grad_sums_planes(x3, d3, mean, rows):
-    """Per tile: ``sum(dout)`` and ``sum(dout * (x - mean))``."""
+    """Per tile along the batch and channel: ``sum(dout)`` and ``sum(dout * (x - mean))``."""
     n, channels, s = x3.shape
     chunks = (n + rows - 1) // rows
-    sd = np.empty((chunks, channels))
-    sdx = np.empty((chunks, channels))
-    for tile in prange(chunks * channels):
-        r = tile // channels
-        c = tile - r * channels
-        m = mean[c]
-        t1 = 0.0
-        t2 = 0.0
+    sd = np.zeros((chunks, channels))
+    sdx = np.zeros((chunks, channels))
+    for r in prange(chunks):
         for i in range(r * rows, min(n, r * rows + rows)):
-            for j in range(s):
-                d = np.float64(d3[i, c, j])
-                t1 += d
-                t2 += d * (np.float64(x3[i, c, j]) - m)
-        sd[r, c] = t1
-        sdx[r, c] = t2
+            for c in range(channels):
+                m = mean[c]
+                t1 = 0.0
+                t2 = 0.0
+                for j in range(s):
+                    d = np.float64(d3[i, c, j])
+                    t1 += d
+                    t2 += d * (np.float64(x3[i, c, j]) - m)
+                sd[r, c] += t1
+                sdx[r, c] += t2
     return sd, sdx
 
 
@@ -403,11 +405,16 @@ def _row_group(x3: Array) -> int:
     return max(1, ROW_WIDTH // x3.shape[2])
 
 
-def _tile_counts(x3: Array) -> NDArray[np.float64]:
+def tile_rows(x3: Array) -> int:
+    """Rows of the batch in one tile of a reduction: about ``TILE_BYTES`` of input."""
+    row_bytes = x3.shape[1] * x3.shape[2] * x3.itemsize
+    return int(min(MAX_ROWS, max(1, TILE_BYTES // max(row_bytes, 1))))
+
+
+def _tile_counts(x3: Array, rows: int) -> NDArray[np.float64]:
     """Values per channel in each tile along the batch."""
     n, s = x3.shape[0], x3.shape[2]
-    rows = np.minimum(ROWS, n - np.arange(0, n, ROWS))
-    return (rows * s).astype(np.float64)
+    return (np.minimum(rows, n - np.arange(0, n, rows)) * s).astype(np.float64)
 
 
 def _into(out3: Array, fill: Callable[[Array], None]) -> None:
@@ -428,11 +435,12 @@ class NumbaEngine(Engine):
     def moments(self, x3: Array) -> Moments:
         x3 = _contiguous(x3)
         _threads(x3.nbytes)
+        rows = tile_rows(x3)
         if x3.shape[2] >= PLANE_MIN:
-            tiles = _moments_planes(x3, ROWS)
+            tiles = _moments_planes(x3, rows)
         else:
-            tiles = _moments_rows(x3, ROWS, _row_group(x3))
-        mean, var = _merge_tiles(*tiles, _tile_counts(x3))
+            tiles = _moments_rows(x3, rows, _row_group(x3))
+        mean, var = _merge_tiles(*tiles, _tile_counts(x3, rows))
         return Moments(x3.shape[0] * x3.shape[2], mean, var)
 
     def normalize(self, x3: Array, mean: F64, scale: F64, shift: F64, out3: Array, centred: bool) -> None:
@@ -444,10 +452,11 @@ class NumbaEngine(Engine):
     def grad_sums(self, x3: Array, dout3: Array, mean: F64, centred: bool) -> GradSums:
         x3, dout3 = _contiguous(x3), _contiguous(dout3)
         _threads(x3.nbytes)
+        rows = tile_rows(x3)
         if x3.shape[2] >= PLANE_MIN:
-            sd, sdx = _grad_sums_planes(x3, dout3, _contiguous(mean), ROWS)
+            sd, sdx = _grad_sums_planes(x3, dout3, _contiguous(mean), rows)
         else:
-            sd, sdx = _grad_sums_rows(x3, dout3, _contiguous(mean), ROWS, _row_group(x3))
+            sd, sdx = _grad_sums_rows(x3, dout3, _contiguous(mean), rows, _row_group(x3))
         return GradSums(sd.sum(axis=0), sdx.sum(axis=0))  # tiles along the batch, in order
 
     def input_grad(
