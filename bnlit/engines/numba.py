@@ -159,57 +159,38 @@ def _moments_planes(x3, rows):
 
 
 @_jit()
-def _moments_rows(x3, rows, group):
-    """As ``_moments_planes``, for short runs: a tile is ``rows`` whole rows of
-    ``group`` channels, read row by row with one running sum per position."""
+def _moments_rows(x3, rows, width):
+    """As ``_moments_planes``, for short runs: a tile is ``rows`` rows times ``width``
+    positions of the flattened row, and each position keeps its own sums (of
+    ``x - k``, ``k`` its channel's first value in the tile), shape (tiles, C * S)."""
     n, channels, s = x3.shape
     x2 = x3.reshape(n, channels * s)
+    w = channels * s
     chunks = (n + rows - 1) // rows
-    groups = (channels + group - 1) // group
+    blocks = (w + width - 1) // width
     shift = np.empty((chunks, channels))
-    s1 = np.empty((chunks, channels))
-    s2 = np.empty((chunks, channels))
-    for tile in prange(chunks * groups):
-        r = tile // groups
-        g = tile - r * groups
+    s1 = np.zeros((chunks, w))
+    s2 = np.zeros((chunks, w))
+    for tile in prange(chunks * blocks):
+        r = tile // blocks
+        p0 = (tile - r * blocks) * width
+        p1 = min(w, p0 + width)
         n0 = r * rows
-        n1 = min(n, n0 + rows)
-        c0 = g * group
-        c1 = min(channels, c0 + group)
-        p0 = c0 * s
-        width = (c1 - c0) * s
-        k = np.empty(width)
-        a1 = np.zeros(width)
-        a2 = np.zeros(width)
-        for c in range(c0, c1):
+        k = np.empty(p1 - p0)
+        for c in range(p0 // s, (p1 - 1) // s + 1):
             kc = np.float64(x2[n0, c * s])
-            shift[r, c] = kc
-            for j in range(s):
-                k[(c - c0) * s + j] = kc
-        i = n0
-        while i + 4 <= n1:  # four rows at a time: a quarter of the updates of a1, a2
-            for j in range(width):
-                v0 = np.float64(x2[i, p0 + j]) - k[j]
-                v1 = np.float64(x2[i + 1, p0 + j]) - k[j]
-                v2 = np.float64(x2[i + 2, p0 + j]) - k[j]
-                v3 = np.float64(x2[i + 3, p0 + j]) - k[j]
-                a1[j] += (v0 + v1) + (v2 + v3)
-                a2[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
-            i += 4
-        while i < n1:
-            for j in range(width):
-                v0 = np.float64(x2[i, p0 + j]) - k[j]
-                a1[j] += v0
-                a2[j] += v0 * v0
-            i += 1
-        for c in range(c0, c1):
-            t1 = 0.0
-            t2 = 0.0
-            for j in range((c - c0) * s, (c - c0 + 1) * s):
-                t1 += a1[j]
-                t2 += a2[j]
-            s1[r, c] = t1
-            s2[r, c] = t2
+            if c * s >= p0:
+                shift[r, c] = kc
+            for j in range(max(p0, c * s), min(p1, c * s + s)):
+                k[j - p0] = kc
+        a1 = s1[r, p0:p1]
+        a2 = s2[r, p0:p1]
+        for i in range(n0, min(n, n0 + rows)):
+            row = x2[i, p0:p1]
+            for j in range(p1 - p0):
+                v = np.float64(row[j]) - k[j]
+                a1[j] += v
+                a2[j] += v * v
     return shift, s1, s2
 
 
@@ -268,56 +249,32 @@ def _grad_sums_planes(x3, d3, mean, rows):
 
 
 @_jit()
-def _grad_sums_rows(x3, d3, mean, rows, group):
-    """As ``_grad_sums_planes``, reading whole rows (short runs)."""
+def _grad_sums_rows(x3, d3, mean, rows, width):
+    """As ``_grad_sums_planes``, for short runs, per position (shape (tiles, C * S))."""
     n, channels, s = x3.shape
-    x2 = x3.reshape(n, channels * s)
-    d2 = d3.reshape(n, channels * s)
+    w = channels * s
+    x2 = x3.reshape(n, w)
+    d2 = d3.reshape(n, w)
     chunks = (n + rows - 1) // rows
-    groups = (channels + group - 1) // group
-    sd = np.empty((chunks, channels))
-    sdx = np.empty((chunks, channels))
-    for tile in prange(chunks * groups):
-        r = tile // groups
-        g = tile - r * groups
-        n0 = r * rows
-        n1 = min(n, n0 + rows)
-        c0 = g * group
-        c1 = min(channels, c0 + group)
-        p0 = c0 * s
-        width = (c1 - c0) * s
-        m = np.empty(width)
-        a1 = np.zeros(width)
-        a2 = np.zeros(width)
-        for c in range(c0, c1):
-            for j in range(s):
-                m[(c - c0) * s + j] = mean[c]
-        i = n0
-        while i + 4 <= n1:
-            for j in range(width):
-                e0 = np.float64(d2[i, p0 + j])
-                e1 = np.float64(d2[i + 1, p0 + j])
-                e2 = np.float64(d2[i + 2, p0 + j])
-                e3 = np.float64(d2[i + 3, p0 + j])
-                a1[j] += (e0 + e1) + (e2 + e3)
-                a2[j] += (e0 * (np.float64(x2[i, p0 + j]) - m[j]) + e1 * (np.float64(x2[i + 1, p0 + j]) - m[j])) + (
-                    e2 * (np.float64(x2[i + 2, p0 + j]) - m[j]) + e3 * (np.float64(x2[i + 3, p0 + j]) - m[j])
-                )
-            i += 4
-        while i < n1:
-            for j in range(width):
-                e0 = np.float64(d2[i, p0 + j])
-                a1[j] += e0
-                a2[j] += e0 * (np.float64(x2[i, p0 + j]) - m[j])
-            i += 1
-        for c in range(c0, c1):
-            t1 = 0.0
-            t2 = 0.0
-            for j in range((c - c0) * s, (c - c0 + 1) * s):
-                t1 += a1[j]
-                t2 += a2[j]
-            sd[r, c] = t1
-            sdx[r, c] = t2
+    blocks = (w + width - 1) // width
+    sd = np.zeros((chunks, w))
+    sdx = np.zeros((chunks, w))
+    for tile in prange(chunks * blocks):
+        r = tile // blocks
+        p0 = (tile - r * blocks) * width
+        p1 = min(w, p0 + width)
+        m = np.empty(p1 - p0)
+        for j in range(p0, p1):
+            m[j - p0] = mean[j // s]
+        a1 = sd[r, p0:p1]
+        a2 = sdx[r, p0:p1]
+        for i in range(r * rows, min(n, r * rows + rows)):
+            xr = x2[i, p0:p1]
+            dr = d2[i, p0:p1]
+            for j in range(p1 - p0):
+                d = np.float64(dr[j])
+                a1[j] += d
+                a2[j] += d * (np.float64(xr[j]) - m[j])
     return sd, sdx
 
 
@@ -347,8 +304,10 @@ def _normalize(x3, mean, scale, shift, out3):
                 a[c * s + j] = scale[c]
                 b[c * s + j] = shift[c]
         for i in prange(n):
+            xr = x2[i]
+            orow = o2[i]
             for j in range(width):
-                o2[i, j] = (np.float64(x2[i, j]) - m[j]) * a[j] + b[j]
+                orow[j] = (np.float64(xr[j]) - m[j]) * a[j] + b[j]
 
 
 @_jit()
@@ -381,8 +340,11 @@ def _input_grad(x3, d3, mean, scale, slope, offset, out3):
                 k[c * s + j] = slope[c]
                 b[c * s + j] = offset[c]
         for i in prange(n):
+            xr = x2[i]
+            dr = d2[i]
+            orow = o2[i]
             for j in range(width):
-                o2[i, j] = a[j] * (np.float64(d2[i, j]) + k[j] * (np.float64(x2[i, j]) - m[j]) + b[j])
+                orow[j] = a[j] * (np.float64(dr[j]) + k[j] * (np.float64(xr[j]) - m[j]) + b[j])
 
 
 # ------------------------------------------------------------------ the engine
@@ -400,15 +362,23 @@ def _threads(nbytes: int) -> None:
         numba.set_num_threads(wanted)
 
 
-def _row_group(x3: Array) -> int:
-    """Channels in one tile of the row loops (whole channels, at most ROW_WIDTH positions)."""
-    return max(1, ROW_WIDTH // x3.shape[2])
+def tiles(x3: Array) -> tuple[int, int]:
+    """Rows of the batch and positions of a row (``C * S`` in all) in one tile of a
+    reduction: about ``TILE_BYTES`` of input; the row loops keep sums for at
+    most ``ROW_WIDTH`` positions at a time."""
+    width = x3.shape[1] * x3.shape[2]
+    if x3.shape[2] < PLANE_MIN:
+        width = min(width, ROW_WIDTH)
+    rows = min(MAX_ROWS, max(1, TILE_BYTES // max(width * x3.itemsize, 1)))
+    return int(rows), int(width)
 
 
-def tile_rows(x3: Array) -> int:
-    """Rows of the batch in one tile of a reduction: about ``TILE_BYTES`` of input."""
-    row_bytes = x3.shape[1] * x3.shape[2] * x3.itemsize
-    return int(min(MAX_ROWS, max(1, TILE_BYTES // max(row_bytes, 1))))
+def _per_channel(a: F64, x3: Array) -> F64:
+    """Per-position sums of the row loops, shape (tiles, C * S), added up per channel
+    (shape (tiles, C)); ``shift`` is already per channel."""
+    if a.shape[1] == x3.shape[1]:
+        return a
+    return a.reshape(a.shape[0], x3.shape[1], x3.shape[2]).sum(axis=2)
 
 
 def _tile_counts(x3: Array, rows: int) -> NDArray[np.float64]:
@@ -435,12 +405,12 @@ class NumbaEngine(Engine):
     def moments(self, x3: Array) -> Moments:
         x3 = _contiguous(x3)
         _threads(x3.nbytes)
-        rows = tile_rows(x3)
+        rows, width = tiles(x3)
         if x3.shape[2] >= PLANE_MIN:
-            tiles = _moments_planes(x3, rows)
+            shift, s1, s2 = _moments_planes(x3, rows)
         else:
-            tiles = _moments_rows(x3, rows, _row_group(x3))
-        mean, var = _merge_tiles(*tiles, _tile_counts(x3, rows))
+            shift, s1, s2 = (_per_channel(a, x3) for a in _moments_rows(x3, rows, width))
+        mean, var = _merge_tiles(shift, s1, s2, _tile_counts(x3, rows))
         return Moments(x3.shape[0] * x3.shape[2], mean, var)
 
     def normalize(self, x3: Array, mean: F64, scale: F64, shift: F64, out3: Array, centred: bool) -> None:
@@ -452,11 +422,11 @@ class NumbaEngine(Engine):
     def grad_sums(self, x3: Array, dout3: Array, mean: F64, centred: bool) -> GradSums:
         x3, dout3 = _contiguous(x3), _contiguous(dout3)
         _threads(x3.nbytes)
-        rows = tile_rows(x3)
+        rows, width = tiles(x3)
         if x3.shape[2] >= PLANE_MIN:
             sd, sdx = _grad_sums_planes(x3, dout3, _contiguous(mean), rows)
         else:
-            sd, sdx = _grad_sums_rows(x3, dout3, _contiguous(mean), rows, _row_group(x3))
+            sd, sdx = (_per_channel(a, x3) for a in _grad_sums_rows(x3, dout3, _contiguous(mean), rows, width))
         return GradSums(sd.sum(axis=0), sdx.sum(axis=0))  # tiles along the batch, in order
 
     def input_grad(
