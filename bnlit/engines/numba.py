@@ -39,6 +39,7 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
+import threading
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -353,13 +354,17 @@ def _contiguous(a: NDArray[Any]) -> NDArray[Any]:
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
+_set_here = threading.local()  # the count last given to numba on each thread (asking it costs microseconds)
+
+
 def _threads(nbytes: int) -> None:
     """Let numba's next parallel loop on this thread use bnlit's thread count (at most
     the cores numba started with; one for small inputs)."""
     assert numba is not None
     wanted = min(get_num_threads(), numba.config.NUMBA_NUM_THREADS, max(1, nbytes // MIN_BYTES_PER_THREAD))
-    if numba.get_num_threads() != wanted:
-        numba.set_num_threads(wanted)
+    if getattr(_set_here, "threads", None) != wanted:
+        numba.set_num_threads(wanted)  # numba keeps this per calling thread
+        _set_here.threads = wanted
 
 
 def tiles(x3: Array) -> tuple[int, int]:
@@ -427,6 +432,8 @@ class NumbaEngine(Engine):
             sd, sdx = _grad_sums_planes(x3, dout3, _contiguous(mean), rows)
         else:
             sd, sdx = (_per_channel(a, x3) for a in _grad_sums_rows(x3, dout3, _contiguous(mean), rows, width))
+        if sd.shape[0] == 1:
+            return GradSums(sd[0], sdx[0])
         return GradSums(sd.sum(axis=0), sdx.sum(axis=0))  # tiles along the batch, in order
 
     def input_grad(
