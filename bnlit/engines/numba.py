@@ -86,7 +86,10 @@ def _writable(folder: str) -> bool:
     return True
 
 
-def cache_folder(here: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[str]:
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cache_folder(here: str = HERE) -> Optional[str]:
     """Where the compiled kernels are cached on disk, or None when nowhere is writable.
 
     ``NUMBA_CACHE_DIR`` when set; else the package's own ``__pycache__``;
@@ -102,10 +105,10 @@ def cache_folder(here: str = os.path.dirname(os.path.abspath(__file__))) -> Opti
     return next((folder for folder in candidates if _writable(folder)), None)
 
 
+#: Where this process caches the kernels (None: nowhere writable, so they compile every time).
 CACHE_FOLDER = cache_folder() if AVAILABLE else None
-if numba is not None and CACHE_FOLDER is not None and not os.environ.get("NUMBA_CACHE_DIR"):
-    if not CACHE_FOLDER.endswith("__pycache__"):  # numba would not find it alone
-        numba.config.CACHE_DIR = CACHE_FOLDER
+if CACHE_FOLDER is not None and CACHE_FOLDER != os.path.join(HERE, "__pycache__"):
+    numba.config.CACHE_DIR = CACHE_FOLDER  # numba finds the package's own folder alone, not a fallback
 
 
 def _jit(reduce: bool = False, parallel: bool = True) -> Callable[[Callable[..., Any]], Any]:
