@@ -154,10 +154,12 @@ def measure(threads: int, shapes: list[tuple[int, ...]]) -> list[dict]:
 def _numpy_runner(layer, x, dout):
     def run() -> tuple[float, float]:
         start = time.perf_counter()
-        layer.forward(x, train_flg=True)
+        y = layer.forward(x, train_flg=True)  # kept until the backward ends, as in training
         middle = time.perf_counter()
         layer.backward(dout)
-        return middle - start, time.perf_counter() - middle
+        end = time.perf_counter()
+        del y
+        return middle - start, end - middle
 
     return run
 

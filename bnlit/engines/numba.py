@@ -14,11 +14,13 @@ gradient sums      ``x``, ``dout`` once  per-channel sums
 input gradient     ``x``, ``dout`` once  ``out`` once
 =================  ====================  ==========================
 
-Each value is widened to float64 as it is read, and every sum and every
-product is formed in float64 (float32 data keeps float32 memory traffic and
-gets float64 arithmetic). Statistics are sums of ``x - k`` with ``k`` a value
-of the same channel (the shifted-data algorithm), so data far from zero keeps
-its digits.
+Every sum is formed in float64 (each value widened as it is read), whatever
+the data's dtype. Statistics are sums of ``x - k`` with ``k`` a value of the
+same channel (the shifted-data algorithm), so data far from zero keeps its
+digits. The element-wise steps compute in the data's dtype from ``x - hi``,
+with ``hi`` the mean rounded to that dtype (exact for values near the mean)
+and the rest of the mean folded into per-channel constants, as the NumPy
+engine does: float32 data then costs float32 arithmetic.
 
 Every loop reads whole rows of the batch, in memory order. When a channel's
 values lie in runs of at least ``PLANE_MIN`` (4-D input with large ``H * W``),
@@ -284,8 +286,9 @@ def _grad_sums_rows(x3, d3, mean, rows, width):
 
 @_jit()
 def _normalize(x3, mean, scale, shift, out3):
-    """``out3 = (x3 - mean) * scale + shift`` per channel, in float64, one read and one
-    write. Threads take contiguous rows of the batch (each faults in its own pages)."""
+    """``out3 = (x3 - mean) * scale + shift`` per channel, one read and one write, in the
+    data's dtype (the per-channel constants come in it: see ``_split``). Threads
+    take contiguous rows of the batch (each faults in its own pages)."""
     n, channels, s = x3.shape
     if s >= PLANE_MIN:  # per-channel constants held in registers along a run
         for i in prange(n):
@@ -294,14 +297,14 @@ def _normalize(x3, mean, scale, shift, out3):
                 a = scale[c]
                 b = shift[c]
                 for j in range(s):
-                    out3[i, c, j] = (np.float64(x3[i, c, j]) - m) * a + b
+                    out3[i, c, j] = (x3[i, c, j] - m) * a + b
     else:  # short runs: constants spread over a row, the row read in one sweep
         width = channels * s
         x2 = x3.reshape(n, width)
         o2 = out3.reshape(n, width)
-        m = np.empty(width)
-        a = np.empty(width)
-        b = np.empty(width)
+        m = np.empty(width, mean.dtype)
+        a = np.empty(width, mean.dtype)
+        b = np.empty(width, mean.dtype)
         for c in range(channels):
             for j in range(s):
                 m[c * s + j] = mean[c]
@@ -311,13 +314,13 @@ def _normalize(x3, mean, scale, shift, out3):
             xr = x2[i]
             orow = o2[i]
             for j in range(width):
-                orow[j] = (np.float64(xr[j]) - m[j]) * a[j] + b[j]
+                orow[j] = (xr[j] - m[j]) * a[j] + b[j]
 
 
 @_jit()
 def _input_grad(x3, d3, mean, scale, slope, offset, out3):
-    """``out3 = scale * (d3 + slope * (x3 - mean) + offset)`` per channel, in float64:
-    one read of each input and one write."""
+    """``out3 = scale * (d3 + slope * (x3 - mean) + offset)`` per channel, one read of
+    each input and one write, in the data's dtype (see ``_split``)."""
     n, channels, s = x3.shape
     if s >= PLANE_MIN:
         for i in prange(n):
@@ -327,16 +330,16 @@ def _input_grad(x3, d3, mean, scale, slope, offset, out3):
                 k = slope[c]
                 b = offset[c]
                 for j in range(s):
-                    out3[i, c, j] = a * (np.float64(d3[i, c, j]) + k * (np.float64(x3[i, c, j]) - m) + b)
+                    out3[i, c, j] = a * (d3[i, c, j] + k * (x3[i, c, j] - m) + b)
     else:
         width = channels * s
         x2 = x3.reshape(n, width)
         d2 = d3.reshape(n, width)
         o2 = out3.reshape(n, width)
-        m = np.empty(width)
-        a = np.empty(width)
-        k = np.empty(width)
-        b = np.empty(width)
+        m = np.empty(width, mean.dtype)
+        a = np.empty(width, mean.dtype)
+        k = np.empty(width, mean.dtype)
+        b = np.empty(width, mean.dtype)
         for c in range(channels):
             for j in range(s):
                 m[c * s + j] = mean[c]
@@ -348,7 +351,7 @@ def _input_grad(x3, d3, mean, scale, slope, offset, out3):
             dr = d2[i]
             orow = o2[i]
             for j in range(width):
-                orow[j] = a[j] * (np.float64(dr[j]) + k[j] * (np.float64(xr[j]) - m[j]) + b[j])
+                orow[j] = a[j] * (dr[j] + k[j] * (xr[j] - m[j]) + b[j])
 
 
 # ------------------------------------------------------------------ the engine
@@ -395,6 +398,15 @@ def _tile_counts(x3: Array, rows: int) -> NDArray[np.float64]:
     return (np.minimum(rows, n - np.arange(0, n, rows)) * s).astype(np.float64)
 
 
+def _split(mean: F64, dtype: np.dtype) -> tuple[F64, F64]:
+    """``mean`` as ``hi + lo`` with ``hi`` exact in the data's dtype: ``x - hi`` is then
+    exact for ``x`` near the mean (Sterbenz), so float32 data far from zero keeps
+    its digits in float32 arithmetic; ``lo`` (zero for float64) is folded into
+    the per-channel constants."""
+    hi = mean.astype(dtype).astype(np.float64)
+    return hi, mean - hi
+
+
 def _into(out3: Array, fill: Callable[[Array], None]) -> None:
     """Run ``fill`` on ``out3``, through a contiguous buffer if ``out3`` is not contiguous."""
     if out3.flags.c_contiguous:
@@ -424,7 +436,8 @@ class NumbaEngine(Engine):
     def normalize(self, x3: Array, mean: F64, scale: F64, shift: F64, out3: Array, centred: bool) -> None:
         x3 = _contiguous(x3)
         _threads(x3.nbytes)
-        vectors = [_contiguous(v) for v in (mean, scale, shift)]
+        hi, lo = _split(mean, x3.dtype)
+        vectors = [v.astype(x3.dtype) for v in (hi, scale, shift - lo * scale)]
         _into(out3, lambda o: _normalize(x3, *vectors, o))
 
     def grad_sums(self, x3: Array, dout3: Array, mean: F64, centred: bool) -> GradSums:
@@ -444,7 +457,8 @@ class NumbaEngine(Engine):
     ) -> None:
         x3, dout3 = _contiguous(x3), _contiguous(dout3)
         _threads(x3.nbytes)
-        vectors = [_contiguous(v) for v in (mean, scale, slope, offset)]
+        hi, lo = _split(mean, x3.dtype)
+        vectors = [v.astype(x3.dtype) for v in (hi, scale, slope, offset - slope * lo)]
         _into(out3, lambda o: _input_grad(x3, dout3, *vectors, o))
 
 
