@@ -19,6 +19,8 @@ import pytest
 import bnlit
 from bnlit import BatchNormalization, engines, stats
 
+from _checks import numerical_gradient, relative_error
+
 ROOT = Path(__file__).resolve().parents[1]
 HINT = 'pip install "bnlit[fast]"'
 
@@ -142,6 +144,25 @@ def test_non_contiguous_input_and_output_views(rng) -> None:
     out3 = np.zeros((8, 3, 2 * x3.shape[2]))[:, :, ::2]  # not contiguous: written through a buffer
     engine.normalize(x3, np.zeros(3), np.full(3, 2.0), np.ones(3), out3, True)
     np.testing.assert_allclose(out3, 2.0 * x3 + 1.0, rtol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 6, 6), (7, 3)], ids=["planes", "rows"])
+def test_gradient_check_on_both_loop_orders(shape, rng) -> None:
+    """The layer-level gradient checks use small images (row loops); here the plane loops too."""
+    if len(shape) == 4:
+        assert shape[2] * shape[3] >= fused.PLANE_MIN  # the plane loops
+    x = 2.0 + rng.standard_normal(shape)
+    dout = rng.standard_normal(shape)
+    gamma = rng.normal(1.0, 0.5, size=shape[1])
+    bn = BatchNormalization(gamma, np.zeros(shape[1]), epsilon=1e-5, engine="numba")
+
+    def loss() -> float:
+        return float(np.sum(bn.forward(x) * dout))
+
+    bn.forward(x)
+    dx = bn.backward(dout)
+    assert relative_error(dx, numerical_gradient(loss, x)) < 1e-7
+    assert relative_error(bn.dgamma, numerical_gradient(loss, gamma)) < 1e-7
 
 
 # ------------------------------------------------------------------ numerics
