@@ -15,7 +15,7 @@ BUILDDIR    := docs/_build
 help:
 	@echo "make html   build the book into $(BUILDDIR)/html (open $(BUILDDIR)/html/index.html)"
 	@echo "make test   run every test, including a strict build of the book"
-	@echo "make bench  time bnlit against PyTorch (if installed); saves docs/data/benchmark.json"
+	@echo "make bench  time both engines against PyTorch (if installed); saves docs/data/benchmark.json"
 	@echo "make clean  remove build outputs;  make distclean  also remove $(VENV)"
 
 $(BIN)/python:
@@ -39,6 +39,7 @@ test: $(VENV)/.installed
 
 # A benchmark, not a test: prints a table and saves it for the book's "How fast" page.
 bench: $(VENV)/.installed
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[fast]"  # the compiled engine, to time both engines
 	$(BIN)/python benchmarks/bench.py --save docs/data/benchmark.json
 
 clean:
