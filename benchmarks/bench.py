@@ -24,7 +24,8 @@ repetition, and the table gives its spread over the repetitions
 Two more experiments for the numba engine (run when numba is installed):
 
 - threads: on the largest shape, one thread against two, interleaved in one
-  process, with fresh outputs and with ``out=`` buffers reused;
+  process, with fresh outputs and with ``out=`` buffers reused; and the best
+  read and copy bandwidth of one and two threads, which bound the speed-up;
 - first call: a new process's first forward+backward (import included), with
   an empty compilation cache and with the cache the first run left on disk.
 
@@ -254,6 +255,7 @@ def measure_threads(shape: tuple[int, ...], dtype: str) -> list[dict]:
             cases[case]()
             samples[case].append(cases[case]())
     bnlit.set_num_threads(1)
+    bandwidth = _bandwidth(x)
     rows = []
     for reuse in (True, False):
         one, two = samples[(1, reuse)], samples[(2, reuse)]
@@ -261,8 +263,60 @@ def measure_threads(shape: tuple[int, ...], dtype: str) -> list[dict]:
             "shape": list(shape), "dtype": dtype, "outputs": "reused" if reuse else "fresh",
             "one_thread_ms": 1e3 * float(np.median(one)), "two_threads_ms": 1e3 * float(np.median(two)),
             "speedup": spread([a / b for a, b in zip(one, two)]), "repetitions": len(one),
+            "bandwidth": bandwidth,
         })
     return rows
+
+
+def _bandwidth(x) -> dict:
+    """What one and two threads can move at best (fastest of the repetitions): a read of
+    ``x`` and a copy of it into a reused array, as compiled parallel loops. The fused
+    engine's forward+backward is about four reads and two copies (statistics and
+    gradient sums: three reads; normalize: a copy; input gradient: a read and a
+    copy), which bounds what a second thread can gain."""
+    import numba
+    import numpy as np
+
+    @numba.njit(parallel=True, fastmath={"reassoc"})
+    def read(x2):
+        sums = np.zeros(x2.shape[0])
+        for i in numba.prange(x2.shape[0]):
+            row = x2[i]
+            total = 0.0
+            for j in range(row.size):
+                total += row[j]
+            sums[i] = total
+        return sums
+
+    @numba.njit(parallel=True)
+    def copy(x2, o2):
+        for i in numba.prange(x2.shape[0]):
+            o2[i, :] = x2[i, :]
+
+    x2 = x.reshape(x.shape[0], -1)
+    out = np.empty_like(x2)
+    best = {}
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        read(x2), copy(x2, out)  # compile, warm
+    for rep in range(max(51, repetitions(x.nbytes))):  # the best of many: a machine's capacity
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            for name, run in (("read", lambda: read(x2)), ("copy", lambda: copy(x2, out))):
+                start = time.perf_counter()
+                run()
+                elapsed = time.perf_counter() - start
+                best[name, threads] = min(best.get((name, threads), elapsed), elapsed)
+    numba.set_num_threads(1)
+
+    def step(threads: int) -> float:
+        return 4 * best["read", threads] + 2 * best["copy", threads]
+
+    return {
+        "read_GBps": {str(t): x.nbytes / best["read", t] / 1e9 for t in (1, 2)},
+        "copy_GBps": {str(t): 2 * x.nbytes / best["copy", t] / 1e9 for t in (1, 2)},
+        "speedup_bound": step(1) / step(2),
+    }
 
 
 FIRST_CALL = """

@@ -45,4 +45,5 @@ def test_committed_benchmark_data_is_what_the_book_reads() -> None:
     assert {row["threads"] for row in record["rows"]} == {1, 2}
     assert {"bnlit numpy", "bnlit numba", "bnlit staged", "torch"} <= {row["implementation"] for row in record["rows"]}
     assert {row["outputs"] for row in record["threads"]} == {"reused", "fresh"}
+    assert all(row["bandwidth"]["speedup_bound"] > 0 for row in record["threads"])
     assert record["first_call"]["cold_s"] > record["first_call"]["cached_s"] > 0
