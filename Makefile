@@ -19,7 +19,7 @@ help:
 	@echo "make html   build the book, English and Japanese, into $(BUILDDIR)/html (open $(BUILDDIR)/html/index.html)"
 	@echo "make translations  refresh docs/locales from the English sources; list what is new or fuzzy"
 	@echo "make test   run every test, including a strict build of the book"
-	@echo "make bench  time bnlit against PyTorch (if installed); saves docs/data/benchmark.json"
+	@echo "make bench  time both engines against PyTorch (if installed); saves docs/data/benchmark.json"
 	@echo "make mutation  mutation score of the fast tests over bnlit/ (a benchmark of the tests, ~15 min)"
 	@echo "make clean  remove build outputs;  make distclean  also remove $(VENV)"
 
@@ -58,6 +58,7 @@ test: $(VENV)/.installed
 
 # A benchmark, not a test: prints a table and saves it for the book's "How fast" page.
 bench: $(VENV)/.installed
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[fast]"  # the compiled engine, to time both engines
 	$(BIN)/python benchmarks/bench.py --save docs/data/benchmark.json
 
 # A benchmark of the tests, not a test (not part of `make test`): mutmut plants one small

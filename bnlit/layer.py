@@ -71,8 +71,10 @@ class BatchNormalization(SeedIntermediates):
         Predict with :meth:`corrected_moving_statistics`, which removes the
         weight the moving averages still give their starting value (zeros in
         the seed) after few training steps, as Adam does.
-    engine : str, default "numpy"
-        The compute engine (see :mod:`bnlit.engines`).
+    engine : {"auto", "numpy", "numba"}, default "auto"
+        The compute engine (see :mod:`bnlit.engines`). ``"auto"`` takes the
+        environment variable ``BNLIT_ENGINE`` when set, else numba's fused
+        kernels when numba is installed (``pip install "bnlit[fast]"``), else NumPy.
 
     Attributes
     ----------
@@ -124,7 +126,7 @@ class BatchNormalization(SeedIntermediates):
         momentum: Optional[float] = None,
         unbiased_moving_var: bool = False,
         bias_correction: bool = False,
-        engine: str = "numpy",
+        engine: str = "auto",
     ) -> None:
         channels = as_channel_vector(gamma, "gamma", None).shape[0]
         as_channel_vector(beta, "beta", channels)

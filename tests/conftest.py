@@ -7,6 +7,17 @@ import pytest
 
 from _optional import in_ci, is_missing_dependency
 
+#: Modules whose tests all run once per engine (the numba runs skip, naming the
+#: install, where numba is missing); test_kernels tests the NumPy engine's own paths.
+ENGINE_MODULES = {
+    "test_gradients": ["numpy", "numba"],
+    "test_properties": ["numpy", "numba"],
+    "test_errors": ["numpy", "numba"],
+    "test_seed_examples": ["numpy", "numba"],
+    "test_torch": ["numpy", "numba"],
+    "test_kernels": ["numpy"],
+}
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
@@ -35,3 +46,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector) -> object:
     _fail_in_ci((yield).get_result())
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    engines = ENGINE_MODULES.get(metafunc.module.__name__.rsplit(".", 1)[-1])
+    if engines:
+        metafunc.parametrize("bnlit_engine", engines, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bnlit_engine(request: pytest.FixtureRequest):
+    """The engine a module's layers use by default (through BNLIT_ENGINE), when
+    ENGINE_MODULES names the module; elsewhere the default ("auto") stands."""
+    name = getattr(request, "param", None)
+    if name is None:
+        yield None
+        return
+    if name == "numba":
+        pytest.importorskip("numba", reason='the numba engine is optional: pip install "bnlit[fast]"')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BNLIT_ENGINE", name)
+        yield name

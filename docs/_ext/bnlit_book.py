@@ -16,6 +16,8 @@ from typing import Any
 
 #: Libraries whose versions can change what the pages compute or show.
 LIBRARIES = ("numpy", "sympy", "matplotlib", "myst-nb", "ipykernel")
+#: Optional libraries whose presence changes what the pages run on (bnlit's engine, torch).
+OPTIONAL_LIBRARIES = ("numba", "torch")
 #: Folders under docs/ that hold build products, not inputs.
 SKIP_DIRS = {"_build", "__pycache__", ".ipynb_checkpoints", ".jupyter_cache"}
 
@@ -63,6 +65,11 @@ def execution_key(docs: Path) -> str:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     for dist in LIBRARIES:
         digest.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
+    for dist in OPTIONAL_LIBRARIES:  # the pages run on the engine they find
+        try:
+            digest.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{dist} absent".encode())
     digest.update(platform.python_version().encode())
     return digest.hexdigest()[:16]
 
