@@ -130,7 +130,7 @@ def test_backward_page_shows_every_step(book: Path) -> None:
         assert f"a{k}: SymPy&#39;s formula matches bnlit&#39;s a{k}" in html or f"a{k}: SymPy's formula matches bnlit's a{k}" in html
 
 
-@pytest.mark.parametrize("name", ["index", "graph", "prediction", "pitfalls", "training"])
+@pytest.mark.parametrize("name", ["index", "graph", "prediction", "pitfalls", "training", "performance"])
 def test_figures_are_svg_in_every_language(book: Path, name: str) -> None:
     """Each figure is drawn once per edition, as an SVG image inside the page."""
     import base64
