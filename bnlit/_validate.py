@@ -182,9 +182,10 @@ def check_moving(mean: F64, var: F64) -> None:
         )
 
 
-def check_statistics(mean: F64, var: F64, inv_std: F64, what: str) -> None:
-    """Statistics a finite batch gave must be representable: refuse a variance that
-    overflows (or comes near overflowing) float64, and a ``var + epsilon`` that does.
+def check_statistics(mean: F64, var: F64, inv_std: F64, epsilon: float) -> None:
+    """Batch statistics a finite batch gave must be representable, with room for the
+    backward pass: a variance below ``LARGEST_VAR`` and ``var + epsilon`` above its
+    inverse (the backward squares ``1 / sqrt(var + epsilon)``).
 
     Statistics of a batch holding NaN or infinity (a non-finite mean) are left to
     propagate, as the data's values do.
@@ -193,16 +194,38 @@ def check_statistics(mean: F64, var: F64, inv_std: F64, what: str) -> None:
     too_large = finite & ~(var < LARGEST_VAR)
     if np.any(too_large):
         raise ValueError(
-            f"the variance of {what} is too large for float64 in {_channels(too_large)} "
+            f"the variance of x is too large for float64 in {_channels(too_large)} "
             f"(bnlit accepts variances below 2**1000, about 1e301); scale the data down"
         )
-    zero = finite & (inv_std == 0)
+    too_small = finite & (var + epsilon < 1.0 / LARGEST_VAR)
+    if np.any(too_small):
+        raise ValueError(
+            f"var + epsilon is too small for float64 in {_channels(too_small)} (below 2**-1000, "
+            f"about 1e-301; epsilon is {epsilon!r}); use a larger epsilon"
+        )
+    check_sum_fits(inv_std)
+
+
+def check_sum_fits(inv_std: F64) -> None:
+    """``var + epsilon`` must not overflow (``inv_std`` would be 0 and the output all ``beta``)."""
+    zero = inv_std == 0
     if np.any(zero):
         raise ValueError(f"var + epsilon overflows float64 in {_channels(zero)}; use a smaller epsilon")
 
 
 def all_finite(arrays: Iterable[np.ndarray]) -> bool:
     return all(bool(np.all(np.isfinite(a))) for a in arrays)
+
+
+def check_gradient_sums(sums: Iterable[Array], mean: F64, dout: Array) -> None:
+    """Refuse per-channel gradient sums that overflowed float64 from finite data (NaN
+    or infinity in ``x`` (seen in its mean) or in ``dout`` propagate instead)."""
+    if all_finite(sums) or not all_finite((mean,)) or not all_finite((dout,)):
+        return
+    raise ValueError(
+        "the per-channel gradient sums overflow float64 (dout, or dout times the centred "
+        "input, is too large); scale dout down"
+    )
 
 
 def as_3d(a: Array) -> Array:

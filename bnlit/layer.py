@@ -14,16 +14,17 @@ from numpy.typing import ArrayLike, NDArray
 
 from ._intermediates import SeedIntermediates, TrainingCache
 from ._validate import (
-    all_finite,
     as_3d,
     as_channel_vector,
     as_data,
     as_grad,
     check_epsilon,
     check_flag,
+    check_gradient_sums,
     check_fraction,
     check_moving,
     check_statistics,
+    check_sum_fits,
     output,
 )
 from .engines import get_engine
@@ -319,10 +320,11 @@ class BatchNormalization(SeedIntermediates):
         steps = None
         if self.staged:
             steps = staged_forward(x, p.gamma, p.beta, p.epsilon)
-            stats = stats_from(steps.mu.reshape(-1).astype(np.float64), steps.var.reshape(-1).astype(np.float64), p.epsilon)
+            with np.errstate(all="ignore"):  # a variance out of range is refused just below
+                stats = stats_from(steps.mu.reshape(-1).astype(np.float64), steps.var.reshape(-1).astype(np.float64), p.epsilon)
         else:
             stats = self._engine.train_forward(as_3d(x), p.gamma, p.beta, p.epsilon, as_3d(out))
-        check_statistics(stats.mean, stats.var, stats.inv_std, "x")
+        check_statistics(stats.mean, stats.var, stats.inv_std, p.epsilon)
         if steps is not None:
             out[...] = steps.out
         count = x.size // x.shape[1]
@@ -357,7 +359,7 @@ class BatchNormalization(SeedIntermediates):
         if self.bias_correction:
             mean, var = self._corrected(mean, var, p.rho)
         stats = stats_from(mean, var, p.epsilon)
-        check_statistics(mean, np.zeros_like(var), stats.inv_std, "moving_var")  # var + epsilon must fit
+        check_sum_fits(stats.inv_std)
         return stats
 
     def corrected_moving_statistics(self) -> tuple[F64, F64]:
@@ -449,24 +451,13 @@ class BatchNormalization(SeedIntermediates):
         result = output(out, x, "out", self._kept({"dout": grad, "the given dout": dout}) if out is not None else {})
         if cache.steps is not None:
             steps = staged_backward(cache.steps, grad, params.gamma)
-            self._check_gradient_sums(steps.dbeta, steps.dgamma, cache.stats, grad)
+            check_gradient_sums((steps.dbeta, steps.dgamma, steps.grad_std_inv, steps.grad_mu), cache.stats.mean, grad)
             result[...] = steps.grad_x
             self.backward_steps = steps
             self.dgamma, self.dbeta = steps.dgamma.astype(x.dtype), steps.dbeta.astype(x.dtype)
             return result
         sums = self._engine.backward(as_3d(x), as_3d(grad), cache.stats, params.gamma, as_3d(result))
-        self._check_gradient_sums(sums.sum_dout, sums.sum_dout_xmu, cache.stats, grad)
+        check_gradient_sums(sums, cache.stats.mean, grad)
         self.dgamma = (cache.stats.inv_std * sums.sum_dout_xmu).astype(x.dtype)
         self.dbeta = sums.sum_dout.astype(x.dtype)
         return result
-
-    @staticmethod
-    def _check_gradient_sums(a: Array, b: Array, stats: Stats, grad: Array) -> None:
-        """Refuse per-channel gradient sums that overflowed float64 from finite data (NaN
-        or infinity in ``x`` or ``dout`` propagate instead)."""
-        if all_finite((a, b)) or not all_finite((stats.mean,)) or not all_finite((grad,)):
-            return
-        raise ValueError(
-            "the per-channel gradient sums overflow float64 (dout times the centred input is too "
-            "large); scale dout down"
-        )

@@ -41,7 +41,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._threads import run_split
-from ..stats import GradSums, Moments, Stats, input_grad_coefficients, is_centred
+from .._validate import check_gradient_sums, check_statistics
+from ..stats import GradSums, Moments, Stats, input_grad_coefficients, is_centred, stats_from
 from ._base import Engine
 
 F64 = NDArray[np.float64]
@@ -205,8 +206,11 @@ def exact_stats(x3: Array, chans: NDArray[np.intp]) -> tuple[F64, F64]:
         for rows in _row_blocks(x3, len(chans)):
             block = x3[rows][:, chans].astype(np.float64) * down
             n_block = block.shape[0] * s
-            block_mean = block.mean(axis=(0, 2))
-            block -= block_mean[:, None]
+            first = block[0, :, :1].copy()
+            block -= first  # about the first value: a constant channel's mean comes out exact
+            offset = block.mean(axis=(0, 2))
+            block -= offset[:, None]
+            block_mean = first[:, 0] + offset
             total = count + n_block
             delta = block_mean - mean
             mean += delta * (n_block / total)
@@ -494,8 +498,15 @@ class NumpyEngine(Engine):
         input_grad(x3, dout3, mean, scale, slope, offset, out3, centred)
 
     def train_forward(self, x3: Array, gamma: F64, beta: F64, epsilon: float, out3: Array) -> Stats:
+        # The statistics are checked before anything is written: a variance out of
+        # float64's range is refused (bnlit._validate), not normalised with.
         if not _is_small(x3):
-            return super().train_forward(x3, gamma, beta, epsilon, out3)
+            m = self.moments(x3)
+            with np.errstate(all="ignore"):
+                stats = stats_from(m.mean, m.var, epsilon)
+            check_statistics(stats.mean, stats.var, stats.inv_std, epsilon)
+            self.normalize_with(x3, stats, gamma, beta, out3)
+            return stats
         with np.errstate(all="ignore"):
             xf = x3.astype(np.float64, copy=False)
             mean = xf.mean(axis=(0, 2))
@@ -507,13 +518,17 @@ class NumpyEngine(Engine):
                 mean, var = new_mean, new_var
                 centred_x[:, redo] = xf[:, redo] - mean[redo, None]
             inv_std = 1.0 / np.sqrt(var + epsilon)
-            np.add(centred_x * (gamma * inv_std)[:, None], beta[:, None], out=out3, casting="same_kind")
+        check_statistics(mean, var, inv_std, epsilon)
+        np.add(centred_x * (gamma * inv_std)[:, None], beta[:, None], out=out3, casting="same_kind")
         return Stats(mean, var, inv_std, True, centred_x)
 
     def backward(self, x3: Array, dout3: Array, stats: Stats, gamma: F64, out3: Array) -> GradSums:
         centred_x = stats.centred_x
         if centred_x is None:
-            return super().backward(x3, dout3, stats, gamma, out3)
+            sums = self.grad_sums(x3, dout3, stats.mean, stats.centred)
+            check_gradient_sums(sums, stats.mean, dout3)
+            self.input_grad_from(x3, dout3, stats, gamma, sums, out3)
+            return sums
         # Plain path: the centred input is at hand.
         with np.errstate(all="ignore"):
             sum_dout = dout3.sum(axis=(0, 2), dtype=np.float64)
@@ -522,12 +537,13 @@ class NumpyEngine(Engine):
             unsure = _unsure_grad_sums(np.dtype(np.float64), count, sum_dout, sum_dout_xmu, zero_is_sure=True)
             if unsure.size:
                 sum_dout[unsure], sum_dout_xmu[unsure] = exact_grad_sums(x3, dout3, stats.mean, unsure)
-            sums = GradSums(sum_dout, sum_dout_xmu)
-            scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
-            grad = centred_x * slope[:, None]
-            grad += dout3
-            grad += offset[:, None]
-            np.multiply(grad, scale[:, None], out=out3, casting="same_kind")
+        check_gradient_sums((sum_dout, sum_dout_xmu), stats.mean, dout3)
+        sums = GradSums(sum_dout, sum_dout_xmu)
+        scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
+        grad = centred_x * slope[:, None]
+        grad += dout3
+        grad += offset[:, None]
+        np.multiply(grad, scale[:, None], out=out3, casting="same_kind")
         return sums
 
 
