@@ -93,7 +93,19 @@ def as_grad(value: ArrayLike, like: Array) -> Array:
         raise ValueError(
             f"dout must have the shape of the last training input, {like.shape}; got shape {grad.shape}"
         )
-    return grad.astype(like.dtype, copy=False)
+    if grad.dtype == like.dtype:
+        return grad
+    with np.errstate(over="ignore"):
+        converted = grad.astype(like.dtype)
+    if grad.dtype.kind == "f" and grad.dtype.itemsize > like.dtype.itemsize:
+        # A narrowing conversion (float64 dout, float32 layer) must not turn numbers into inf.
+        overflow = np.isinf(converted) & np.isfinite(grad)
+        if np.any(overflow):
+            raise ValueError(
+                f"dout holds values beyond the range of {like.dtype}, the dtype of the training input "
+                f"(largest magnitude {float(np.max(np.abs(grad[overflow]))):.3g}); scale dout down"
+            )
+    return converted
 
 
 def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
@@ -217,15 +229,36 @@ def all_finite(arrays: Iterable[np.ndarray]) -> bool:
     return all(bool(np.all(np.isfinite(a))) for a in arrays)
 
 
-def check_gradient_sums(sums: Iterable[Array], mean: F64, dout: Array) -> None:
-    """Refuse per-channel gradient sums that overflowed float64 from finite data (NaN
-    or infinity in ``x`` (seen in its mean) or in ``dout`` propagate instead)."""
-    if all_finite(sums) or not all_finite((mean,)) or not all_finite((dout,)):
+def check_gradient_sums(sums: Iterable[Array], mean: F64, dout: Array, gamma: Optional[F64] = None) -> None:
+    """Refuse per-channel gradient sums that overflowed float64 from finite numbers. A
+    channel whose ``x`` (seen in its mean), ``dout`` or ``gamma`` holds NaN or infinity
+    propagates them instead."""
+    bad = ~np.all([np.isfinite(np.ravel(s)) for s in sums], axis=0)
+    if not np.any(bad):
         return
-    raise ValueError(
-        "the per-channel gradient sums overflow float64 (dout, or dout times the centred "
-        "input, is too large); scale dout down"
-    )
+    bad &= np.isfinite(mean) & (True if gamma is None else np.isfinite(gamma))
+    if np.any(bad):  # only now look at dout, channel by channel (a pass over it)
+        axes = tuple(k for k in range(dout.ndim) if k != 1)
+        bad &= np.all(np.isfinite(dout), axis=axes)
+    if np.any(bad):
+        raise ValueError(
+            f"the per-channel gradient sums overflow float64 in {_channels(bad)} (dout, or dout "
+            f"times the centred input, is too large); scale dout down"
+        )
+
+
+def check_staged_nodes(nodes: dict[str, Array]) -> None:
+    """The staged backward's per-channel chain (each node the one before divided by
+    ``std`` or ``n``) must stay in float64's normal range: a node that underflowed to
+    zero or to a subnormal from a non-zero one would make ``dx`` silently wrong."""
+    names = list(nodes)
+    for before, name in zip(names, names[1:]):
+        lost = (nodes[before] != 0) & (np.abs(nodes[name]) < np.finfo(np.float64).tiny)
+        if np.any(lost):
+            raise ValueError(
+                f"the staged graph's node {name} underflows float64 (x's spread and dout are too "
+                f"many orders of magnitude apart); the default path (staged=False) computes this backward"
+            )
 
 
 def as_3d(a: Array) -> Array:

@@ -158,6 +158,16 @@ def staged_forward(
         x_mu = xf - mu
         x_mu_sq = x_mu**2
         var = _mean(x_mu_sq, axes)  # step (3)
+        # mean(x_mu) is the rounding error of mu (float64 cannot hold the mean of, say,
+        # eleven copies of 8.3e165): where it is not negligible against the spread, mu
+        # is corrected by it (above a millionth of the spread) and the nodes after it are taken again.
+        drift = _mean(x_mu, axes)
+        inexact = (drift != 0) & (~(drift * drift <= 2.0**-40 * var) | np.isinf(var))
+        if np.any(inexact):
+            mu = mu + np.where(inexact, drift, 0.0)
+            x_mu = xf - mu
+            x_mu_sq = x_mu**2
+            var = _mean(x_mu_sq, axes)
         std = np.sqrt(var + epsilon)  # step (4)
         std_inv = 1 / std
         x_std = x_mu * std_inv

@@ -23,6 +23,7 @@ from ._validate import (
     check_gradient_sums,
     check_fraction,
     check_moving,
+    check_staged_nodes,
     check_statistics,
     check_sum_fits,
     output,
@@ -165,7 +166,10 @@ class BatchNormalization(SeedIntermediates):
 
     Extreme magnitudes are computed right: float32 data is computed with
     float64 accumulation (and float64 arithmetic where float32 would overflow or
-    underflow), on every path, including ``staged=True``.
+    underflow), on every path, including ``staged=True``. A result whose exact
+    value lies beyond the largest number of its dtype comes out as ``inf`` (IEEE
+    rounding). ``staged=True`` refuses a backward whose per-channel nodes do not
+    fit in float64; the closed form computes it.
 
     Examples
     --------
@@ -328,10 +332,10 @@ class BatchNormalization(SeedIntermediates):
         if steps is not None:
             out[...] = steps.out
         count = x.size // x.shape[1]
-        moving_mean, moving_var, restart = self._updated_moving_statistics(stats, count, p.rho)
+        moving_mean, moving_var, start = self._updated_moving_statistics(stats, count, p.rho)
         # Everything is computed and checked: only now does the layer's state change.
-        if restart:
-            self._moving_start = (np.zeros(x.shape[1]), np.zeros(x.shape[1]))
+        if start is not None:  # the averages start here (from zeros, or from rebound values)
+            self._moving_start = start
             self.steps = 0
         self.moving_mean, self.moving_var = moving_mean, moving_var
         self.steps += 1
@@ -339,13 +343,19 @@ class BatchNormalization(SeedIntermediates):
         self._cache = TrainingCache(x, stats, steps)
         self.backward_steps = None
 
-    def _updated_moving_statistics(self, stats: Stats, count: int, rho: float) -> tuple[F64, F64, bool]:
-        """The moving statistics after this batch, and whether they (re)start from zeros."""
+    def _updated_moving_statistics(
+        self, stats: Stats, count: int, rho: float
+    ) -> tuple[F64, F64, Optional[tuple[F64, F64]]]:
+        """The moving statistics after this batch, and where they start when they start now:
+        from zeros (there are none), or from values rebound since construction."""
         restart = self.moving_mean is None or self.moving_var is None
         old_mean = np.zeros(stats.mean.shape) if restart else np.asarray(self.moving_mean, np.float64)
         old_var = np.zeros(stats.mean.shape) if restart else np.asarray(self.moving_var, np.float64)
+        start = None
+        if restart or self._moving_start[0] is None or self._moving_start[1] is None:
+            start = (old_mean.copy(), old_var.copy())
         batch_var = stats.var * (count / (count - 1)) if self.unbiased_moving_var else stats.var
-        return rho * old_mean + (1 - rho) * stats.mean, rho * old_var + (1 - rho) * batch_var, restart
+        return rho * old_mean + (1 - rho) * stats.mean, rho * old_var + (1 - rho) * batch_var, start
 
     def _prediction_stats(self, channels: int, p: _Params) -> Stats:
         if self.moving_mean is None or self.moving_var is None:
@@ -451,13 +461,19 @@ class BatchNormalization(SeedIntermediates):
         result = output(out, x, "out", self._kept({"dout": grad, "the given dout": dout}) if out is not None else {})
         if cache.steps is not None:
             steps = staged_backward(cache.steps, grad, params.gamma)
-            check_gradient_sums((steps.dbeta, steps.dgamma, steps.grad_std_inv, steps.grad_mu), cache.stats.mean, grad)
+            chain = {"grad_std_inv": steps.grad_std_inv, "grad_std": steps.grad_std, "grad_var": steps.grad_var,
+                     "grad_x_mu_sq": steps.grad_x_mu_sq}
+            check_gradient_sums((steps.dbeta, steps.dgamma, steps.grad_mu, *chain.values()), cache.stats.mean, grad,
+                                params.gamma)
+            check_staged_nodes(chain)
             result[...] = steps.grad_x
             self.backward_steps = steps
-            self.dgamma, self.dbeta = steps.dgamma.astype(x.dtype), steps.dbeta.astype(x.dtype)
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, as documented
+                self.dgamma, self.dbeta = steps.dgamma.astype(x.dtype), steps.dbeta.astype(x.dtype)
             return result
         sums = self._engine.backward(as_3d(x), as_3d(grad), cache.stats, params.gamma, as_3d(result))
         check_gradient_sums(sums, cache.stats.mean, grad)
-        self.dgamma = (cache.stats.inv_std * sums.sum_dout_xmu).astype(x.dtype)
-        self.dbeta = sums.sum_dout.astype(x.dtype)
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, as documented
+            self.dgamma = (cache.stats.inv_std * sums.sum_dout_xmu).astype(x.dtype)
+            self.dbeta = sums.sum_dout.astype(x.dtype)
         return result

@@ -14,7 +14,7 @@ import copy
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -111,26 +111,49 @@ def reference_prediction(
 
 
 def channel_max(a: np.ndarray) -> np.ndarray:
+    """Per channel the largest magnitude (of a batch, or of a per-channel vector itself)."""
+    if a.ndim == 1:
+        return np.abs(np.asarray(a, np.float64))
     return np.abs(by_channel(a)).max(axis=1) if a.size else np.zeros(a.shape[1])
 
 
-def assert_close(actual: np.ndarray, expected: np.ndarray, size: np.ndarray, dtype: np.dtype,
-                 condition: Optional[np.ndarray] = None, what: str = "") -> None:
-    """``actual`` within the rounding of ``dtype`` of ``expected``, per channel.
+def tolerance(dtype: np.dtype, size: np.ndarray, wobble: Union[np.ndarray, float] = 0.0) -> np.ndarray:
+    """Allowed error per channel: the rounding of ``dtype`` on terms of ``size`` (at least a
+    subnormal step of ``dtype``), plus for
+    float64 the ``wobble`` its own rounding of the inputs and of the mean can cause
+    (an ulp of ``|x|`` magnified by ``1 / std``: float64 holds no better mean).
+    float32 data is computed with float64 sums, so nothing magnifies its rounding."""
+    floor = 2 * float(np.finfo(dtype).smallest_subnormal)  # a result below the normal range rounds to this
+    if dtype == np.float32:
+        return 4e-6 * np.asarray(size) + floor
+    return 1e-12 * np.asarray(size) + wobble + floor
 
-    ``size`` is, per channel, the size of the terms the result is made of (so a
-    result that cancels to near zero is judged against its terms); ``condition``
-    (float64 only) how many times an error in the inputs' last bit is magnified.
-    """
+
+def ulps_over_std(x: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """A few ulps of each channel's largest ``|x|``, relative to its ``std``."""
+    return 4e-15 * channel_max(x) / std
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, tol: np.ndarray, what: str = "",
+                 dtype: Optional[np.dtype] = None) -> None:
+    """``actual`` within ``tol`` (per channel: axis 1, or axis 0 of a per-channel vector)
+    of ``expected``. Where ``expected`` is NaN or infinite (NaN or infinity in the
+    inputs propagate) ``actual`` must be too, NaN or infinite. With ``dtype``, a finite
+    expected value beyond its range must come out as the infinity it rounds to."""
     actual = np.asarray(actual, dtype=np.float64)
     assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    assert np.array_equal(np.isnan(actual), np.isnan(expected)), what
-    if dtype == np.float32:
-        tol = 4e-6 * size
-    else:
-        tol = 1e-12 * size * (1.0 if condition is None else 1.0 + condition * 1e-3)
+    propagated = ~np.isfinite(expected)
+    assert not np.any(np.isfinite(actual[propagated])), f"{what}: a NaN or infinity did not propagate"
+    assert not np.any(np.isnan(actual[~propagated])), f"{what}: NaN from finite numbers"
+    expected, actual = np.where(propagated, 0.0, expected), np.where(propagated, 0.0, actual)
+    if dtype is not None:
+        with np.errstate(over="ignore"):
+            rounded = expected.astype(dtype).astype(np.float64)
+        beyond = np.isinf(rounded) & np.isfinite(expected)
+        assert np.array_equal(actual[beyond], rounded[beyond]), f"{what}: values beyond {np.dtype(dtype)} must be inf"
+        expected, actual = np.where(beyond, 0.0, expected), np.where(beyond, 0.0, actual)
     shape = [1] * actual.ndim
-    shape[min(1, actual.ndim - 1)] = -1  # channels: axis 1, or axis 0 of a per-channel vector
+    shape[min(1, actual.ndim - 1)] = -1
     diff = np.abs(actual - expected)
     diff[np.isnan(diff)] = 0.0
     bad = diff > np.reshape(tol, shape) + 1e-300
@@ -158,3 +181,29 @@ def assert_same_state(before: dict, after: dict) -> None:
     assert before.keys() == after.keys(), set(before) ^ set(after)
     for key in before:
         assert before[key] == after[key], f"the layer's {key} changed"
+
+
+def check_against_reference(ref: Reference, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                            out: Optional[np.ndarray] = None, dout: Optional[np.ndarray] = None,
+                            dx: Optional[np.ndarray] = None, dgamma: Optional[np.ndarray] = None,
+                            dbeta: Optional[np.ndarray] = None) -> None:
+    """A training forward's ``out`` and a backward's results against ``ref``, each within
+    the rounding of ``x``'s dtype on the size of the terms it is made of."""
+    dtype = x.dtype
+    wobble = ulps_over_std(x, ref.std)
+    x_std_max = np.abs(ref.x_std).max(axis=1)
+    if out is not None:
+        size = np.abs(gamma) * x_std_max + np.abs(beta)
+        assert_close(out, ref.out, tolerance(dtype, size, np.abs(gamma) * wobble), "out", dtype)
+    if dout is None:
+        return
+    d = by_channel(dout)
+    dx_std = np.abs(d * ref.x_std)
+    assert_close(dbeta, ref.dbeta, tolerance(dtype, np.abs(d).sum(axis=1)), "dbeta", dtype)
+    assert_close(dgamma, ref.dgamma, tolerance(dtype, dx_std.sum(axis=1), wobble * np.abs(d).sum(axis=1)), "dgamma", dtype)
+    terms = np.abs(d).max(axis=1) + np.abs(d).mean(axis=1) + x_std_max * dx_std.mean(axis=1)
+    spread = np.abs(d).max(axis=1) + x_std_max * np.abs(d).mean(axis=1)
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(ref.dx)
+    assert_close(np.where(finite, dx, 0.0), np.where(finite, ref.dx, 0.0),
+                 tolerance(dtype, np.abs(gamma) / ref.std * terms, np.abs(gamma) / ref.std * wobble * spread), "dx", dtype)

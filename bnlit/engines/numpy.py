@@ -34,6 +34,7 @@ groups of blocks that threads work on at once (NumPy releases the GIL in its loo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -432,7 +433,8 @@ def input_grad(
 ) -> None:
     """``out3 = scale * (dout3 + slope * (x3 - mean) + offset)``, per channel, block by block."""
     with np.errstate(all="ignore"):
-        if not _fits(x3.dtype, mean, (scale, slope), (offset, slope * mean)):
+        # offset is added before the final product: it must be a normal float32 too
+        if not _fits(x3.dtype, mean, (scale, slope, offset, offset - slope * mean), (slope * mean,)):
             return _input_grad_f64(x3, dout3, mean, scale, slope, offset, out3)
         scale_c, slope_c = _per_channel(scale, x3), _per_channel(slope, x3)
         mean_hi, lo = _split(mean, x3)
@@ -476,6 +478,18 @@ def _is_small(x3: Array) -> bool:
     return x3.nbytes <= SMALL_BYTES
 
 
+def _strictly_centred(stats: Stats) -> Stats:
+    """``stats`` centred only if the mean lies within a few spreads of the data itself.
+
+    :func:`bnlit.stats.is_centred` measures the mean against ``sqrt(var + epsilon)``;
+    for a batch whose variance is far below ``epsilon`` the outputs are far smaller
+    than that, and ``x * scale + (shift - mean * scale)`` would cancel them away.
+    """
+    if stats.centred and not is_centred(stats.mean, np.sqrt(stats.var)):
+        return dataclasses.replace(stats, centred=False)
+    return stats
+
+
 class NumpyEngine(Engine):
     """The streaming kernels above behind the engine contract, with a plain
     whole-array path for small inputs (where the number of NumPy calls, not
@@ -497,6 +511,9 @@ class NumpyEngine(Engine):
     ) -> None:
         input_grad(x3, dout3, mean, scale, slope, offset, out3, centred)
 
+    def normalize_with(self, x3: Array, stats: Stats, gamma: F64, beta: F64, out3: Array) -> None:
+        super().normalize_with(x3, _strictly_centred(stats), gamma, beta, out3)
+
     def train_forward(self, x3: Array, gamma: F64, beta: F64, epsilon: float, out3: Array) -> Stats:
         # The statistics are checked before anything is written: a variance out of
         # float64's range is refused (bnlit._validate), not normalised with.
@@ -512,7 +529,14 @@ class NumpyEngine(Engine):
             mean = xf.mean(axis=(0, 2))
             centred_x = xf - mean[:, None]
             var = np.einsum("ncs,ncs->c", centred_x, centred_x) / (x3.shape[0] * x3.shape[2])
-            new_mean, new_var = _checked_stats(xf, mean, var)  # float64 data out of range
+            new_mean, new_var = (v.copy() for v in _checked_stats(xf, mean, var))  # float64 data out of range
+            # The deviations' own mean is the error of ``mean`` (float64 cannot hold the
+            # mean of, say, eleven copies of 8.3e165): where it is not negligible against
+            # the spread (above a millionth of it), the channel is taken again exactly.
+            drift = centred_x.mean(axis=(0, 2))
+            inexact = np.flatnonzero((drift != 0) & ~(drift * drift <= 2.0**-40 * var))
+            if inexact.size:
+                new_mean[inexact], new_var[inexact] = exact_stats(xf, inexact)
             redo = np.flatnonzero((new_mean != mean) | (new_var != var))
             if redo.size:
                 mean, var = new_mean, new_var
@@ -525,6 +549,7 @@ class NumpyEngine(Engine):
     def backward(self, x3: Array, dout3: Array, stats: Stats, gamma: F64, out3: Array) -> GradSums:
         centred_x = stats.centred_x
         if centred_x is None:
+            stats = _strictly_centred(stats)
             sums = self.grad_sums(x3, dout3, stats.mean, stats.centred)
             check_gradient_sums(sums, stats.mean, dout3)
             self.input_grad_from(x3, dout3, stats, gamma, sums, out3)
