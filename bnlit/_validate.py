@@ -1,24 +1,58 @@
 """Checks of what comes into the layer, each with an error that says what was
-expected and what came. They never change the layer's state."""
+expected and what came. They never change the layer's state: the layer runs
+all of them before it computes or changes anything."""
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Iterable, Mapping
 from typing import Optional
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 Array = NDArray[np.floating]
+F64 = NDArray[np.float64]
+
+#: The largest float64 batch variance bnlit accepts (about 1e301, a spread of about 3e150):
+#: below it every square, sum and coefficient of a step fits in float64. float32 data
+#: never comes near it.
+LARGEST_VAR = 2.0**1000
+
+# NumPy moved TooHardError into numpy.exceptions (1.25) and out of the main namespace (2.0).
+_TooHardError: type[Exception] = getattr(getattr(np, "exceptions", np), "TooHardError")
+#: Work bound for the exact memory-overlap test; past it, overlap is assumed (and refused).
+_OVERLAP_WORK = 10_000
 
 
 def describe(a: np.ndarray) -> str:
     return f"an array of shape {a.shape} and dtype {a.dtype}"
 
 
+def _not_masked(value: object, name: str) -> None:
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array, and bnlit does not apply masks; pass "
+            f"{name}.filled(fill_value) or only the values that count"
+        )
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    """``a`` in the machine's byte order (a converted copy when it was not)."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
+def _is_float(dtype: np.dtype, *sizes: int) -> bool:
+    return dtype.kind == "f" and dtype.itemsize in sizes
+
+
 def as_data(value: ArrayLike, name: str) -> Array:
-    """``value`` as a 2-D or 4-D float array; integers become float64."""
+    """``value`` as a 2-D or 4-D float array in native byte order; integers become
+    float64, float16 becomes float32."""
+    _not_masked(value, name)
     a = np.asarray(value)
-    if not (a.dtype.kind in "iu" or a.dtype in (np.float16, np.float32, np.float64)):
+    if not (a.dtype.kind in "iu" or _is_float(a.dtype, 2, 4, 8)):
         raise TypeError(
             f"{name} must hold real numbers (float32, float64, float16 or integers); "
             f"got {describe(a)}"
@@ -27,26 +61,31 @@ def as_data(value: ArrayLike, name: str) -> Array:
         raise ValueError(
             f"{name} must be 2-D (N, D) or 4-D (N, C, H, W); got {a.ndim}-D, shape {a.shape}"
         )
+    if a.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one channel (axis 1); got shape {a.shape}")
     if a.dtype.kind in "iu":
         return a.astype(np.float64)
-    return a.astype(np.float32) if a.dtype == np.float16 else a
+    return a.astype(np.float32) if a.dtype.itemsize == 2 else _native(a)
 
 
-def as_channel_vector(value: object, name: str, channels: Optional[int]) -> NDArray[np.float64]:
-    """``value`` as a float64 vector of ``channels`` values (any length when None)."""
+def as_channel_vector(value: object, name: str, channels: Optional[int]) -> F64:
+    """``value`` as a float64 vector of ``channels`` values (at least one when None)."""
     if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == (channels,):
-        return value  # the common case, checked cheaply: this runs at every call
+        if type(value) is np.ndarray:  # the common case, checked cheaply: this runs at every call
+            return value
+    _not_masked(value, name)
     a = np.asarray(value)
     if a.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be a 1-D array of real numbers; got {describe(a)}")
-    if a.ndim != 1 or (channels is not None and a.shape[0] != channels):
-        want = "a 1-D array" if channels is None else f"shape ({channels},)"
+    if a.ndim != 1 or (channels is not None and a.shape[0] != channels) or a.shape[0] == 0:
+        want = "a 1-D array of at least one value" if channels is None else f"shape ({channels},)"
         raise ValueError(f"{name} must have {want}; got shape {a.shape}")
     return a.astype(np.float64)
 
 
 def as_grad(value: ArrayLike, like: Array) -> Array:
     """``dout`` in the dtype of the training input ``like``, of its shape."""
+    _not_masked(value, "dout")
     grad = np.asarray(value)
     if grad.dtype.kind not in "iuf":
         raise TypeError(f"dout must hold real numbers; got {describe(grad)}")
@@ -54,36 +93,174 @@ def as_grad(value: ArrayLike, like: Array) -> Array:
         raise ValueError(
             f"dout must have the shape of the last training input, {like.shape}; got shape {grad.shape}"
         )
-    return grad.astype(like.dtype, copy=False)
+    if grad.dtype == like.dtype:
+        return grad
+    with np.errstate(over="ignore"):
+        converted = grad.astype(like.dtype)
+    if grad.dtype.kind == "f" and grad.dtype.itemsize > like.dtype.itemsize:
+        # A narrowing conversion (float64 dout, float32 layer) must not turn numbers into inf.
+        overflow = np.isinf(converted) & np.isfinite(grad)
+        if np.any(overflow):
+            raise ValueError(
+                f"dout holds values beyond the range of {like.dtype}, the dtype of the training input "
+                f"(largest magnitude {float(np.max(np.abs(grad[overflow]))):.3g}); scale dout down"
+            )
+    return converted
 
 
-def output(out: Optional[object], like: Array, name: str, *avoid: Array) -> Array:
-    """``out`` checked as a buffer for a result shaped like ``like``, or a fresh array."""
+def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    if not np.may_share_memory(a, b):  # disjoint address ranges: the cheap, usual answer
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=_OVERLAP_WORK))  # type: ignore[arg-type]
+    except _TooHardError:
+        return True
+
+
+def output(out: Optional[object], like: Array, name: str, avoid: Mapping[str, object]) -> Array:
+    """``out`` checked as a buffer for a result shaped like ``like``, or a fresh array.
+
+    ``avoid`` names every array the call reads or the layer keeps: ``out`` may
+    share no memory with any of them.
+    """
     if out is None:
         return np.empty(like.shape, dtype=like.dtype)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}")
-    if out.shape != like.shape or out.dtype != like.dtype or not out.flags.c_contiguous:
+    if not isinstance(out, np.ndarray) or isinstance(out, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a NumPy array (not masked); got {type(out).__name__}")
+    if not out.dtype.isnative:
         raise ValueError(
-            f"{name} must be a C-contiguous array of shape {like.shape} and dtype "
+            f"{name} must be in the machine's byte order, as bnlit writes into it; "
+            f"got dtype {out.dtype.str!r} (byte order {out.dtype.byteorder!r})"
+        )
+    if out.shape != like.shape or out.dtype != like.dtype or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(
+            f"{name} must be a writeable C-contiguous array of shape {like.shape} and dtype "
             f"{like.dtype}; got {describe(out)}"
             + ("" if out.flags.c_contiguous else " that is not C-contiguous")
+            + ("" if out.flags.writeable else " that is read-only")
         )
-    if any(np.may_share_memory(out, a) for a in avoid):
-        raise ValueError(f"{name} must not share memory with the layer's inputs")
+    for what, a in avoid.items():
+        if isinstance(a, np.ndarray) and _overlaps(out, a):
+            raise ValueError(f"{name} must not share memory with {what}")
     return out
 
 
-def check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= float(value) <= 1.0:
+def real_number(value: object, name: str) -> float:
+    """``value`` as a float; bools, strings, Decimals and other non-reals are refused."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (int or float); got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def check_fraction(name: str, value: object) -> float:
+    v = real_number(value, name)
+    if not 0.0 <= v <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1]; got {value!r}")
+    return v
 
 
-def check_positive(name: str, value: float) -> None:
-    if not float(value) > 0.0:
-        raise ValueError(f"{name} must be positive; got {value!r}")
+def check_epsilon(value: object) -> float:
+    v = real_number(value, "epsilon")
+    if not 0.0 < v < np.inf:
+        raise ValueError(f"epsilon must be positive and finite; got {value!r}")
+    return v
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` as a bool; only True and False (also NumPy's) are accepted."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def _channels(mask: NDArray[np.bool_]) -> str:
+    where = np.flatnonzero(mask)
+    return f"channel{'s' if where.size > 1 else ''} {', '.join(map(str, where[:8]))}" + (
+        " ..." if where.size > 8 else ""
+    )
+
+
+def check_moving(mean: F64, var: F64) -> None:
+    """Moving statistics fit to predict with: finite, and the variance non-negative."""
+    if not np.all(np.isfinite(mean)):
+        raise ValueError(f"moving_mean must be finite; it is not in {_channels(~np.isfinite(mean))}")
+    bad = ~(np.isfinite(var) & (var >= 0))
+    if np.any(bad):
+        raise ValueError(
+            f"moving_var must be finite and non-negative; it is not in {_channels(bad)} "
+            f"(values {var[bad][:8].tolist()})"
+        )
+
+
+def check_statistics(mean: F64, var: F64, inv_std: F64, epsilon: float) -> None:
+    """Batch statistics a finite batch gave must be representable, with room for the
+    backward pass: a variance below ``LARGEST_VAR`` and ``var + epsilon`` above its
+    inverse (the backward squares ``1 / sqrt(var + epsilon)``).
+
+    Statistics of a batch holding NaN or infinity (a non-finite mean) are left to
+    propagate, as the data's values do.
+    """
+    finite = np.isfinite(mean)
+    too_large = finite & ~(var < LARGEST_VAR)
+    if np.any(too_large):
+        raise ValueError(
+            f"the variance of x is too large for float64 in {_channels(too_large)} "
+            f"(bnlit accepts variances below 2**1000, about 1e301); scale the data down"
+        )
+    too_small = finite & (var + epsilon < 1.0 / LARGEST_VAR)
+    if np.any(too_small):
+        raise ValueError(
+            f"var + epsilon is too small for float64 in {_channels(too_small)} (below 2**-1000, "
+            f"about 1e-301; epsilon is {epsilon!r}); use a larger epsilon"
+        )
+    check_sum_fits(inv_std)
+
+
+def check_sum_fits(inv_std: F64) -> None:
+    """``var + epsilon`` must not overflow (``inv_std`` would be 0 and the output all ``beta``)."""
+    zero = inv_std == 0
+    if np.any(zero):
+        raise ValueError(f"var + epsilon overflows float64 in {_channels(zero)}; use a smaller epsilon")
+
+
+def all_finite(arrays: Iterable[np.ndarray]) -> bool:
+    return all(bool(np.all(np.isfinite(a))) for a in arrays)
+
+
+def check_gradient_sums(sums: Iterable[Array], mean: F64, dout: Array, gamma: Optional[F64] = None) -> None:
+    """Refuse per-channel gradient sums that overflowed float64 from finite numbers. A
+    channel whose ``x`` (seen in its mean), ``dout`` or ``gamma`` holds NaN or infinity
+    propagates them instead."""
+    bad = ~np.all([np.isfinite(np.ravel(s)) for s in sums], axis=0)
+    if not np.any(bad):
+        return
+    bad &= np.isfinite(mean) & (True if gamma is None else np.isfinite(gamma))
+    if np.any(bad):  # only now look at dout, channel by channel (a pass over it)
+        axes = tuple(k for k in range(dout.ndim) if k != 1)
+        bad &= np.all(np.isfinite(dout), axis=axes)
+    if np.any(bad):
+        raise ValueError(
+            f"the per-channel gradient sums overflow float64 in {_channels(bad)} (dout, or dout "
+            f"times the centred input, is too large); scale dout down"
+        )
+
+
+def check_staged_nodes(nodes: dict[str, Array]) -> None:
+    """The staged backward's per-channel chain (each node the one before divided by
+    ``std`` or ``n``) must stay in float64's normal range: a node that underflowed to
+    zero or to a subnormal from a non-zero one would make ``dx`` silently wrong."""
+    names = list(nodes)
+    for before, name in zip(names, names[1:]):
+        lost = (nodes[before] != 0) & (np.abs(nodes[name]) < np.finfo(np.float64).tiny)
+        if np.any(lost):
+            raise ValueError(
+                f"the staged graph's node {name} underflows float64 (x's spread and dout are too "
+                f"many orders of magnitude apart); the default path (staged=False) computes this backward"
+            )
 
 
 def as_3d(a: Array) -> Array:
     """(N, D) -> (N, D, 1) and (N, C, H, W) -> (N, C, H*W): channels on axis 1."""
-    return a.reshape(a.shape[0], a.shape[1], -1)
+    return a.reshape(a.shape[0], a.shape[1], math.prod(a.shape[2:]))

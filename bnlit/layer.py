@@ -6,13 +6,28 @@ The layer validates, calls an engine (:mod:`bnlit.engines`) or the staged graph
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import NamedTuple, Optional
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._intermediates import SeedIntermediates, TrainingCache
-from ._validate import as_3d, as_channel_vector, as_data, as_grad, check_fraction, check_positive, output
+from ._validate import (
+    as_3d,
+    as_channel_vector,
+    as_data,
+    as_grad,
+    check_epsilon,
+    check_flag,
+    check_gradient_sums,
+    check_fraction,
+    check_moving,
+    check_staged_nodes,
+    check_statistics,
+    check_sum_fits,
+    output,
+)
 from .engines import get_engine
 from .graph import BackwardSteps, staged_backward, staged_forward
 from .stats import Stats, stats_from
@@ -21,6 +36,15 @@ __all__ = ["BatchNormalization", "LayerStateError"]
 
 Array = NDArray[np.floating]
 F64 = NDArray[np.float64]
+
+
+class _Params(NamedTuple):
+    """The layer's settings, checked for one call."""
+
+    gamma: F64
+    beta: F64
+    rho: float
+    epsilon: float
 
 
 class LayerStateError(ValueError, RuntimeError):
@@ -99,8 +123,55 @@ class BatchNormalization(SeedIntermediates):
     reshape and in PyTorch's ``BatchNorm2d``. The layer keeps a reference to the
     last training input for ``backward`` (as frameworks keep saved tensors):
     do not modify that array in place before calling ``backward``. NaN and
-    infinite values are not looked for (that would cost a pass over the data);
-    they propagate to the outputs.
+    infinite values in the data are not looked for (that would cost a pass over
+    the data); they propagate to the outputs and, in training, to the moving
+    statistics.
+
+    Every call checks everything it uses before it computes or changes
+    anything, so a call that raises leaves the layer's state as it was.
+    Settings are checked again at every call, so rebinding one (``bn.rho =
+    ...``) is checked too. What is accepted and what is refused:
+
+    ===================  ===========================================  ==========================================
+    What                 Accepted                                     Refused
+    ===================  ===========================================  ==========================================
+    ``x``                2-D ``(N, D)`` or 4-D ``(N, C, H, W)``;      ``TypeError``: complex, bool, strings,
+                         float16 (computed in float32), float32,      objects, masked arrays. ``ValueError``:
+                         float64, integers (float64); any byte        other dimensions, no channels, a channel
+                         order (converted to the machine's)           count other than ``gamma``'s
+    empty ``x``          prediction: ``N = 0`` or ``H * W = 0``       training: ``ValueError`` (a variance
+                         gives an empty result                        needs at least 2 values per channel)
+    ``dout``             real numbers, the last training input's      ``TypeError``, ``ValueError`` as ``x``
+                         shape; converted to its dtype
+    ``out``              a writeable, C-contiguous array of the       ``TypeError``: not an ndarray, masked.
+                         result's shape and dtype, in the machine's   ``ValueError``: otherwise, or sharing any
+                         byte order                                   memory with what the call reads (``x``,
+                                                                      ``dout``) or the layer keeps (``gamma``,
+                                                                      ``beta``, moving statistics, the last
+                                                                      training input and intermediates)
+    ``gamma``, ``beta``  1-D real arrays, one value per channel       ``TypeError``: not real, masked.
+                                                                      ``ValueError``: another shape
+    ``rho``,             a real number in [0, 1]: ``int``,            ``TypeError``: ``bool``, ``str``,
+    ``momentum``         ``float``, NumPy scalars, ``Fraction``       ``Decimal``. ``ValueError``: outside
+                                                                      [0, 1], NaN
+    ``epsilon``          a positive, finite real number               ``TypeError`` as ``rho``;
+                                                                      ``ValueError``: 0, negative, inf, NaN
+    ``moving_mean``,     1-D real arrays, one value per channel;      ``TypeError``, ``ValueError`` (shape);
+    ``moving_var``       given or used for prediction: finite, and    ``ValueError``: NaN, inf, a negative
+                         ``moving_var`` non-negative                  variance
+    ``train_flg`` and    ``True`` or ``False`` (NumPy bools too)      ``TypeError``: anything else, such as
+    the flags                                                         ``"False"``, ``0`` or ``None``
+    range                float32: any finite values. float64: a       ``ValueError``: a larger variance, or
+                         batch variance below ``2**1000`` (about      gradient sums that overflow float64
+                         ``1e301``)
+    ===================  ===========================================  ==========================================
+
+    Extreme magnitudes are computed right: float32 data is computed with
+    float64 accumulation (and float64 arithmetic where float32 would overflow or
+    underflow), on every path, including ``staged=True``. A result whose exact
+    value lies beyond the largest number of its dtype comes out as ``inf`` (IEEE
+    rounding). ``staged=True`` refuses a backward whose per-channel nodes do not
+    fit in float64; the closed form computes it.
 
     Examples
     --------
@@ -136,22 +207,22 @@ class BatchNormalization(SeedIntermediates):
                     f"give rho (weight of the old value) or momentum (weight of the new value), "
                     f"not both; got rho={rho!r} and momentum={momentum!r}"
                 )
-            check_fraction("momentum", momentum)
-            rho = 1.0 - float(momentum)
-        check_fraction("rho", rho)
-        check_positive("epsilon", epsilon)
+            rho = 1.0 - check_fraction("momentum", momentum)
+        rho = check_fraction("rho", rho)
+        epsilon = check_epsilon(epsilon)
+        flags = {name: check_flag(name, value) for name, value in (
+            ("staged", staged), ("unbiased_moving_var", unbiased_moving_var), ("bias_correction", bias_correction))}
         starts = [None if v is None else as_channel_vector(v, name, channels).copy()
                   for name, v in (("moving_mean", moving_mean), ("moving_var", moving_var))]
-        if starts[1] is not None and np.any(starts[1] < 0):
-            raise ValueError("moving_var must be non-negative")
+        check_moving(*(np.zeros(channels) if v is None else v for v in starts))
         self._engine = get_engine(engine)
         self.gamma, self.beta = gamma, beta
-        self.rho, self.epsilon = float(rho), float(epsilon)
-        self.staged = bool(staged)
+        self.rho, self.epsilon = rho, epsilon
+        self.staged = flags["staged"]
         self.moving_mean: Optional[F64] = starts[0]
         self.moving_var: Optional[F64] = starts[1]
-        self.unbiased_moving_var = bool(unbiased_moving_var)
-        self.bias_correction = bool(bias_correction)
+        self.unbiased_moving_var = flags["unbiased_moving_var"]
+        self.bias_correction = flags["bias_correction"]
         #: Training calls that updated the moving statistics (for bias_correction).
         self.steps = 0
         self._moving_start = (self.moving_mean, self.moving_var)  # where the averages started
@@ -166,8 +237,8 @@ class BatchNormalization(SeedIntermediates):
         """The name of the compute engine."""
         return self._engine.name
 
-    def _params(self, channels: int) -> tuple[F64, F64]:
-        """gamma and beta as float64 vectors, checked against the data's channels."""
+    def _params(self, channels: int) -> _Params:
+        """Every setting a call uses, checked (they may have been rebound since)."""
         try:
             gamma = as_channel_vector(self.gamma, "gamma", channels)
             beta = as_channel_vector(self.beta, "beta", channels)
@@ -175,8 +246,27 @@ class BatchNormalization(SeedIntermediates):
             raise ValueError(
                 f"the input has {channels} channels (axis 1), which gamma and beta must match: {err}"
             ) from None
-        check_fraction("rho", self.rho)  # it may have been rebound since
-        return gamma, beta
+        for name in ("staged", "unbiased_moving_var", "bias_correction"):
+            check_flag(name, getattr(self, name))
+        return _Params(gamma, beta, check_fraction("rho", self.rho), check_epsilon(self.epsilon))
+
+    def _kept(self, read: dict[str, object]) -> dict[str, object]:
+        """Every array the call reads (``read``) or the layer keeps, named for an error message."""
+        named = {f"{name}, which the call reads": a for name, a in read.items()}
+        kept: dict[str, object] = {
+            "gamma": self.gamma, "beta": self.beta, "moving_mean": self.moving_mean,
+            "moving_var": self.moving_var, "dgamma": self.dgamma, "dbeta": self.dbeta,
+            "the moving statistics' starting values": self._moving_start[0],
+            "the starting moving_var": self._moving_start[1],
+        }
+        cache = self._cache
+        if cache is not None:
+            kept["the last training input"] = cache.x
+            for part in (cache.stats, cache.steps, self.backward_steps):
+                if part is not None:
+                    kept.update({f.name: getattr(part, f.name) for f in dataclasses.fields(part)})
+        named.update({f"{name}, which the layer keeps": a for name, a in kept.items()})
+        return named
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: ArrayLike, train_flg: bool = True, *, out: Optional[Array] = None) -> Array:
@@ -202,58 +292,74 @@ class BatchNormalization(SeedIntermediates):
         Raises
         ------
         TypeError
-            ``x`` is not real-valued numeric data.
+            ``x`` is not real-valued numeric data, or ``train_flg`` is not a bool.
         ValueError
             ``x`` is not 2-D or 4-D, its channel count differs from ``gamma``'s,
-            a channel has fewer than 2 values in training, or ``out`` is unfit.
+            a channel has fewer than 2 values in training, a setting or a moving
+            statistic is invalid, or ``out`` is unfit (see the class's table).
         LayerStateError
             Prediction before any moving statistics exist.
         """
-        x = as_data(x, "x")
-        gamma, beta = self._params(x.shape[1])
-        out = output(out, x, "out", *((x,) if train_flg else ()))
-        if train_flg:
-            self._train_forward(x, gamma, beta, out)
+        train = check_flag("train_flg", train_flg)
+        data = as_data(x, "x")
+        params = self._params(data.shape[1])
+        if train:
+            count = data.size // data.shape[1]
+            if count < 2:
+                raise ValueError(
+                    "training needs at least 2 values per channel to estimate a variance; "
+                    f"got {count} for input shape {data.shape}"
+                )
+            for name, moving in (("moving_mean", self.moving_mean), ("moving_var", self.moving_var)):
+                if moving is not None:
+                    as_channel_vector(moving, name, data.shape[1])
         else:
-            stats = self._prediction_stats(x.shape[1])
-            self._engine.normalize_with(as_3d(x), stats, gamma, beta, as_3d(out))
-        return out
+            stats = self._prediction_stats(data.shape[1], params)
+        result = output(out, data, "out", self._kept({"x": data, "the given x": x}) if out is not None else {})
+        if train:
+            self._train_forward(data, params, result)
+        elif data.size:  # an empty batch has nothing to normalise
+            self._engine.normalize_with(as_3d(data), stats, params.gamma, params.beta, as_3d(result))
+        return result
 
-    def _train_forward(self, x: Array, gamma: F64, beta: F64, out: Array) -> None:
-        channels = x.shape[1]
-        count = x.size // channels if channels else 0
-        if count < 2:
-            raise ValueError(
-                "training needs at least 2 values per channel to estimate a variance; "
-                f"got {count} for input shape {x.shape}"
-            )
-        for name, moving in (("moving_mean", self.moving_mean), ("moving_var", self.moving_var)):
-            if moving is not None:
-                as_channel_vector(moving, name, channels)
+    def _train_forward(self, x: Array, p: _Params, out: Array) -> None:
         steps = None
         if self.staged:
-            steps = staged_forward(x, gamma, beta, self.epsilon)
-            stats = stats_from(steps.mu.ravel().astype(np.float64), steps.var.ravel().astype(np.float64), self.epsilon)
-            out[...] = steps.out
+            steps = staged_forward(x, p.gamma, p.beta, p.epsilon)
+            with np.errstate(all="ignore"):  # a variance out of range is refused just below
+                stats = stats_from(steps.mu.reshape(-1).astype(np.float64), steps.var.reshape(-1).astype(np.float64), p.epsilon)
         else:
-            stats = self._engine.train_forward(as_3d(x), gamma, beta, self.epsilon, as_3d(out))
-        # Everything is computed: only now does the layer's state change.
-        self._update_moving_statistics(stats, count)
+            stats = self._engine.train_forward(as_3d(x), p.gamma, p.beta, p.epsilon, as_3d(out))
+        check_statistics(stats.mean, stats.var, stats.inv_std, p.epsilon)
+        if steps is not None:
+            out[...] = steps.out
+        count = x.size // x.shape[1]
+        moving_mean, moving_var, start = self._updated_moving_statistics(stats, count, p.rho)
+        # Everything is computed and checked: only now does the layer's state change.
+        if start is not None:  # the averages start here (from zeros, or from rebound values)
+            self._moving_start = start
+            self.steps = 0
+        self.moving_mean, self.moving_var = moving_mean, moving_var
+        self.steps += 1
         self.batch_size = count
         self._cache = TrainingCache(x, stats, steps)
         self.backward_steps = None
 
-    def _update_moving_statistics(self, stats: Stats, count: int) -> None:
-        if self.moving_mean is None or self.moving_var is None:
-            self.moving_mean, self.moving_var = np.zeros(stats.mean.shape), np.zeros(stats.mean.shape)
-            self._moving_start = (self.moving_mean, self.moving_var)
-            self.steps = 0
+    def _updated_moving_statistics(
+        self, stats: Stats, count: int, rho: float
+    ) -> tuple[F64, F64, Optional[tuple[F64, F64]]]:
+        """The moving statistics after this batch, and where they start when they start now:
+        from zeros (there are none), or from values rebound since construction."""
+        restart = self.moving_mean is None or self.moving_var is None
+        old_mean = np.zeros(stats.mean.shape) if restart else np.asarray(self.moving_mean, np.float64)
+        old_var = np.zeros(stats.mean.shape) if restart else np.asarray(self.moving_var, np.float64)
+        start = None
+        if restart or self._moving_start[0] is None or self._moving_start[1] is None:
+            start = (old_mean.copy(), old_var.copy())
         batch_var = stats.var * (count / (count - 1)) if self.unbiased_moving_var else stats.var
-        self.moving_mean = self.rho * np.asarray(self.moving_mean, np.float64) + (1 - self.rho) * stats.mean
-        self.moving_var = self.rho * np.asarray(self.moving_var, np.float64) + (1 - self.rho) * batch_var
-        self.steps += 1
+        return rho * old_mean + (1 - rho) * stats.mean, rho * old_var + (1 - rho) * batch_var, start
 
-    def _prediction_stats(self, channels: int) -> Stats:
+    def _prediction_stats(self, channels: int, p: _Params) -> Stats:
         if self.moving_mean is None or self.moving_var is None:
             raise LayerStateError(
                 "prediction (train_flg=False) needs moving statistics, and there are none yet: "
@@ -261,9 +367,12 @@ class BatchNormalization(SeedIntermediates):
             )
         mean = as_channel_vector(self.moving_mean, "moving_mean", channels)
         var = as_channel_vector(self.moving_var, "moving_var", channels)
+        check_moving(mean, var)
         if self.bias_correction:
-            mean, var = self.corrected_moving_statistics()
-        return stats_from(mean, var, self.epsilon)
+            mean, var = self._corrected(mean, var, p.rho)
+        stats = stats_from(mean, var, p.epsilon)
+        check_sum_fits(stats.inv_std)
+        return stats
 
     def corrected_moving_statistics(self) -> tuple[F64, F64]:
         """The moving mean and variance with the weight of their starting value removed.
@@ -276,13 +385,23 @@ class BatchNormalization(SeedIntermediates):
         """
         if self.moving_mean is None or self.moving_var is None:
             raise LayerStateError("there are no moving statistics yet: run a training forward first")
-        weight = self.rho**self.steps
+        mean = as_channel_vector(self.moving_mean, "moving_mean", None)
+        var = as_channel_vector(self.moving_var, "moving_var", mean.shape[0])
+        return self._corrected(mean, var, check_fraction("rho", self.rho))
+
+    def _corrected(self, mean: F64, var: F64, rho: float) -> tuple[F64, F64]:
+        weight = rho**self.steps
         if self.steps == 0 or weight == 1.0:
-            return np.asarray(self.moving_mean, np.float64), np.asarray(self.moving_var, np.float64)
+            return mean, var
         start_mean, start_var = self._moving_start  # set by the first training call at the latest
         assert start_mean is not None and start_var is not None
-        mean = (self.moving_mean - weight * start_mean) / (1 - weight)
-        var = (self.moving_var - weight * start_var) / (1 - weight)
+        if start_mean.shape != mean.shape:
+            raise ValueError(
+                f"bias_correction: the moving statistics have {mean.shape[0]} channels but started "
+                f"with {start_mean.shape[0]}; they were rebound to another layer's"
+            )
+        mean = (mean - weight * start_mean) / (1 - weight)
+        var = (var - weight * start_var) / (1 - weight)
         return mean, np.maximum(var, 0.0)
 
     @classmethod
@@ -340,15 +459,23 @@ class BatchNormalization(SeedIntermediates):
             )
         x = cache.x
         grad = as_grad(dout, x)
-        gamma, _ = self._params(x.shape[1])
-        out = output(out, x, "out", x, grad)
+        params = self._params(x.shape[1])
+        result = output(out, x, "out", self._kept({"dout": grad, "the given dout": dout}) if out is not None else {})
         if cache.steps is not None:
-            steps = staged_backward(cache.steps, grad)
-            out[...] = steps.grad_x
+            steps = staged_backward(cache.steps, grad, params.gamma)
+            chain = {"grad_std_inv": steps.grad_std_inv, "grad_std": steps.grad_std, "grad_var": steps.grad_var,
+                     "grad_x_mu_sq": steps.grad_x_mu_sq}
+            check_gradient_sums((steps.dbeta, steps.dgamma, steps.grad_mu, *chain.values()), cache.stats.mean, grad,
+                                params.gamma)
+            check_staged_nodes(chain)
+            result[...] = steps.grad_x
             self.backward_steps = steps
-            self.dgamma, self.dbeta = steps.dgamma, steps.dbeta
-            return out
-        sums = self._engine.backward(as_3d(x), as_3d(grad), cache.stats, gamma, as_3d(out))
-        self.dgamma = (cache.stats.inv_std * sums.sum_dout_xmu).astype(x.dtype)
-        self.dbeta = sums.sum_dout.astype(x.dtype)
-        return out
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, as documented
+                self.dgamma, self.dbeta = steps.dgamma.astype(x.dtype), steps.dbeta.astype(x.dtype)
+            return result
+        sums = self._engine.backward(as_3d(x), as_3d(grad), cache.stats, params.gamma, as_3d(result))
+        check_gradient_sums(sums, cache.stats.mean, grad)
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, as documented
+            self.dgamma = (cache.stats.inv_std * sums.sum_dout_xmu).astype(x.dtype)
+            self.dbeta = sums.sum_dout.astype(x.dtype)
+        return result
