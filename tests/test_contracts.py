@@ -76,12 +76,13 @@ def test_forward_into_out_writes_the_fresh_result(staged, shape, rng) -> None:
         np.testing.assert_array_equal(buffer, b.forward(x, train))
 
 
-def test_prediction_may_overwrite_its_input(rng) -> None:
-    """Prediction keeps nothing, so ``out=x`` (in place) is allowed there, and exact."""
-    a, b, x, _ = layers(False, rng, SHAPES["4d"], np.float64)
-    want = b.forward(x, train_flg=False)
-    assert a.forward(x, train_flg=False, out=x) is x
-    np.testing.assert_array_equal(x, want)
+def test_prediction_refuses_to_overwrite_its_input(rng) -> None:
+    """Every ``out=`` refuses memory the call reads (issue 12): ``out=x`` too, x unchanged."""
+    a, _, x, _ = layers(False, rng, SHAPES["4d"], np.float64)
+    x_before = x.copy()
+    with pytest.raises(ValueError, match="out must not share memory with x"):
+        a.forward(x, train_flg=False, out=x)
+    np.testing.assert_array_equal(x, x_before)
 
 
 @pytest.mark.parametrize("staged", [False, True], ids=["default", "staged"])
