@@ -14,6 +14,7 @@ BUILDDIR    := docs/_build
 
 help:
 	@echo "make html   build the book into $(BUILDDIR)/html (open $(BUILDDIR)/html/index.html)"
+	@echo "            and $(BUILDDIR)/bnlit-book.zip (unzip anywhere, open bnlit-book/index.html)"
 	@echo "make test   run every test, including a strict build of the book"
 	@echo "make bench  time bnlit against PyTorch (if installed); saves docs/data/benchmark.json"
 	@echo "make clean  remove build outputs;  make distclean  also remove $(VENV)"
@@ -32,6 +33,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 html: $(VENV)/.installed
 	$(BIN)/sphinx-build -W --keep-going -b html -d $(BUILDDIR)/doctrees docs $(BUILDDIR)/html $(SPHINXOPTS) \
 		|| { rm -rf $(BUILDDIR)/doctrees; exit 1; }
+	$(BIN)/python docs/_ext/book_zip.py $(BUILDDIR)/html $(BUILDDIR)/bnlit-book.zip
 	@echo "The book is at $(BUILDDIR)/html/index.html"
 
 test: $(VENV)/.installed

@@ -26,6 +26,7 @@ extensions = [
     "sphinx_copybutton",
     "sphinx_togglebutton",
     "bnlit_book",  # .ipynb downloads (docs/_ext/bnlit_book.py)
+    "offline_math",  # MathJax served from _static, no CDN (docs/_ext/offline_math.py)
 ]
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
 # --- Notebooks: executed at build time, strictly, with a cache keyed on bnlit itself.
@@ -52,6 +53,8 @@ html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
 }
+# Light or dark as the reader's system says; unset, a first visit logs "Got invalid theme mode".
+html_context = {"default_mode": "auto"}
 # Copy buttons on code cells, not on their outputs.
 copybutton_selector = "div:not(.output) > div.highlight pre"
 copybutton_exclude = ".linenos, .gp, .go"

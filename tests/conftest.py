@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _book_build import built_book  # noqa: F401  (the built book, one build per session)
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
