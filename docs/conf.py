@@ -55,6 +55,9 @@ html_theme_options = {
 }
 # Light or dark as the reader's system says; unset, a first visit logs "Got invalid theme mode".
 html_context = {"default_mode": "auto"}
+# Search results without page excerpts: fetching the pages for them fails when the
+# book is read from files (file://), the book's first use.
+html_show_search_summary = False
 # Copy buttons on code cells, not on their outputs.
 copybutton_selector = "div:not(.output) > div.highlight pre"
 copybutton_exclude = ".linenos, .gp, .go"

@@ -13,12 +13,13 @@ in the light and the dark theme goes into a scratch folder.
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from _book_build import BuiltBook
+from _book_build import ZIP_FOLDER, BuiltBook
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "apt-get install chromium (as root) and pip install playwright"
@@ -41,6 +42,8 @@ WIDTH, HEIGHT = 1280, 900
 #: Pages the book's derivations put formulas on; a build that lost its math
 #: would otherwise pass the per-page checks with nothing to check.
 MATH_PAGES = ["forward.html", "graph.html", "backward.html", "prediction.html", "seed_examples.html"]
+#: Searched for on each edition's search page: a word most pages use.
+SEARCH = "gamma"
 
 # Runs in the page once MathJax is done: what a reader would see of the math.
 MATH_STATE = r"""
@@ -73,6 +76,12 @@ async () => {
           broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"))};
 }
 """
+# The search page's own words once it is done (Sphinx's searchtools.js).
+SEARCH_DONE = """
+() => { const s = document.querySelector(".search-summary");
+        const done = s && /finished|did not match/.test(s.textContent);
+        return done ? {results: document.querySelectorAll("#search-results li").length} : null; }
+"""
 THEME = "mode => { document.documentElement.dataset.theme = mode; document.documentElement.dataset.mode = mode; }"
 # Opens what a reader can open (dropdowns, toggled cells), then finds code wider than its box.
 OVERFLOW = """
@@ -91,6 +100,7 @@ class Visit:
     """What one page showed, and what went wrong while it loaded."""
 
     has_math: bool  # the built HTML holds math elements
+    search_results: int = 0  # on a search page opened with a query
     containers: int = 0
     untypeset: list[str] = field(default_factory=list)
     raw_tex: list[str] = field(default_factory=list)
@@ -112,8 +122,8 @@ def book_pages(unzipped: Path) -> list[Path]:
     return pages
 
 
-def visit(browser, path: Path, shots: Path, name: str) -> Visit:
-    """Open ``path`` as a first visit (a fresh profile: no stored theme, no cache)."""
+def visit(browser, path: Path, shots: Path, name: str, query: str = "") -> Visit:
+    """Open ``path`` (with ``query`` after it) as a first visit: a fresh profile, no stored theme."""
     html = path.read_text(encoding="utf-8")
     seen = Visit(has_math=re.search(r'class="[^"]*\bmath\b', html) is not None)
     context = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT}, service_workers="block")
@@ -131,14 +141,16 @@ def visit(browser, path: Path, shots: Path, name: str) -> Visit:
             route.abort("internetdisconnected")
 
     page.route("**/*", offline)
-    page.goto(path.as_uri(), wait_until="load")
+    page.goto(path.as_uri() + query, wait_until="load")
+    if query:
+        seen.search_results = page.wait_for_function(SEARCH_DONE, timeout=30_000).json_value()["results"]
     math = page.evaluate(MATH_STATE)
     seen.containers, seen.untypeset, seen.raw_tex = math["containers"], math["untypeset"], math["raw"]
     images = page.evaluate(IMAGES)
     seen.images, seen.broken_images = images["count"], images["broken"]
     for mode in ("light", "dark"):
         page.evaluate(THEME, mode)
-        shot = shots / f"{name.replace('/', '__')}-{mode}.png"
+        shot = shots / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{mode}.png"
         page.screenshot(path=str(shot), full_page=True)
         seen.screenshots.append(shot)
     page.evaluate(THEME, "light")
@@ -156,6 +168,10 @@ def visits(built_book: BuiltBook, tmp_path_factory: pytest.TempPathFactory) -> d
         for path in book_pages(built_book.unzipped):
             name = path.relative_to(built_book.unzipped).as_posix()
             seen[name] = visit(browser, path, shots, name)
+        for root in HTML_ROOTS:  # a reader's search, answered from files alone
+            search = built_book.unzipped / root / "search.html"
+            name = search.relative_to(built_book.unzipped).as_posix() + f"?q={SEARCH}"
+            seen[name] = visit(browser, search, shots, name, query=f"?q={SEARCH}")
         browser.close()
     return seen
 
@@ -164,12 +180,28 @@ def problems(visits: dict[str, Visit], attribute: str) -> dict[str, list[str]]:
     return {name: getattr(v, attribute) for name, v in visits.items() if getattr(v, attribute)}
 
 
+def test_zip_holds_the_book_in_one_folder(built_book: BuiltBook) -> None:
+    with zipfile.ZipFile(built_book.archive) as book:
+        names = book.namelist()
+    assert all(name.startswith(f"{ZIP_FOLDER}/") for name in names)  # unzipping makes one folder
+    for root in HTML_ROOTS:
+        for inside in ("index.html", "_static/mathjax/tex-chtml.js", "_static/mathjax/LICENSE.txt"):
+            assert Path(ZIP_FOLDER, root, inside).as_posix() in names, inside
+
+
 def test_every_page_of_the_zip_is_visited(built_book: BuiltBook, visits: dict[str, Visit]) -> None:
     built = {p.relative_to(built_book.html).as_posix() for p in built_book.html.rglob("*.html")
              if "_static" not in p.relative_to(built_book.html).parts}
-    assert set(visits) == built  # the zip holds every page of the build (one edition for now)
+    pages = {name for name in visits if "?" not in name}
+    assert pages == built  # the zip holds every page of the build (one edition for now)
     for root in HTML_ROOTS:
         assert Path(root, "index.html").as_posix() in visits
+
+
+def test_search_finds_pages_offline(visits: dict[str, Visit]) -> None:
+    for root in HTML_ROOTS:
+        name = Path(root, "search.html").as_posix() + f"?q={SEARCH}"
+        assert visits[name].search_results >= 5, name  # the derivation pages all say gamma
 
 
 def test_math_is_typeset(visits: dict[str, Visit]) -> None:
