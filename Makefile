@@ -9,12 +9,16 @@ PIP    := $(BIN)/python -m pip
 CONSTRAINTS := .ci/constraints.txt
 SPHINXOPTS  ?=
 BUILDDIR    := docs/_build
+# The editions: English sources, and a catalog per page for each translation.
+LANGUAGES   := en ja
+TRANSLATIONS := ja
 
-.PHONY: help html test bench clean distclean
+.PHONY: help html test bench translations clean distclean
 
 help:
-	@echo "make html   build the book into $(BUILDDIR)/html (open $(BUILDDIR)/html/index.html)"
+	@echo "make html   build the book, English and Japanese, into $(BUILDDIR)/html (open $(BUILDDIR)/html/index.html)"
 	@echo "            and $(BUILDDIR)/bnlit-book.zip (unzip anywhere, open bnlit-book/index.html)"
+	@echo "make translations  refresh docs/locales from the English sources; list what is new or fuzzy"
 	@echo "make test   run every test, including a strict build of the book"
 	@echo "make bench  time bnlit against PyTorch (if installed); saves docs/data/benchmark.json"
 	@echo "make clean  remove build outputs;  make distclean  also remove $(VENV)"
@@ -28,13 +32,27 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[docs,test]"
 	touch $@
 
-# A failed build forgets what it read (the doctrees), so that the next build
-# reports the same warnings again instead of passing on unchanged pages.
+# One strict build per language, each with its own doctrees; the notebooks'
+# execution cache is shared (its key does not depend on the language), so the
+# pages run once. A failed build forgets what it read (its doctrees), so that the
+# next build reports the same warnings again instead of passing on unchanged pages.
 html: $(VENV)/.installed
-	$(BIN)/sphinx-build -W --keep-going -b html -d $(BUILDDIR)/doctrees docs $(BUILDDIR)/html $(SPHINXOPTS) \
-		|| { rm -rf $(BUILDDIR)/doctrees; exit 1; }
+	@for lang in $(LANGUAGES); do \
+		echo "--- building the '$$lang' edition"; \
+		$(BIN)/sphinx-build -W --keep-going -b html -D language=$$lang -d $(BUILDDIR)/doctrees/$$lang \
+			docs $(BUILDDIR)/html/$$lang $(SPHINXOPTS) || { rm -rf $(BUILDDIR)/doctrees/$$lang; exit 1; }; \
+	done
+	cp docs/_chooser/index.html $(BUILDDIR)/html/index.html
 	$(BIN)/python docs/_ext/book_zip.py $(BUILDDIR)/html $(BUILDDIR)/bnlit-book.zip
 	@echo "The book is at $(BUILDDIR)/html/index.html"
+
+# After English edits: extract the messages, merge them into each catalog (new
+# ones empty, changed ones fuzzy), and list what is left to translate.
+translations: $(VENV)/.installed
+	$(BIN)/sphinx-build -q -b gettext docs $(BUILDDIR)/gettext
+	$(BIN)/python docs/_ext/catalogs.py figures docs $(BUILDDIR)/gettext
+	$(BIN)/sphinx-intl update -p $(BUILDDIR)/gettext -d docs/locales -w 0 $(foreach l,$(TRANSLATIONS),-l $(l))
+	@for lang in $(TRANSLATIONS); do $(BIN)/python docs/_ext/catalogs.py status docs/locales/$$lang || true; done
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

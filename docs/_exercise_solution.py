@@ -2,7 +2,8 @@
 
 It keeps the notebook's structure, names (a1 .. a9), shape prints and even the
 template's latent bug (``N, D = x.shape`` runs only while the moving statistics
-are None, so a second training call fails). The book's exercise page and the
+are None, so a second training call fails, and so does the first one when the
+moving statistics are given to the constructor). The book's exercise page and the
 tests of bnlit.exercise run the checker on it and on copies with one line
 changed. It is not part of bnlit: the layer lives in bnlit/ only.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,9 +27,21 @@ extensions = [
     "sphinx_copybutton",
     "sphinx_togglebutton",
     "bnlit_book",  # .ipynb downloads (docs/_ext/bnlit_book.py)
+    "sphinxcontrib.bibtex",  # citations from docs/references.bib, listed on references.md
     "offline_math",  # MathJax served from _static, no CDN (docs/_ext/offline_math.py)
 ]
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md", "_ext", "_chooser"]
+templates_path = ["_templates"]
+
+# --- Languages: one build per language from the English sources and the
+# catalogs in docs/locales/<lang>/LC_MESSAGES/<page>.po (`make translations`).
+# Read the Docs tells each translation project its language.
+LANGUAGES = {"en": "English", "ja": "日本語"}
+language = os.environ.get("READTHEDOCS_LANGUAGE", "en")  # -D language=ja overrides
+locale_dirs = ["locales/"]
+gettext_compact = False  # one catalog per page
+gettext_uuid = False
+gettext_location = False  # catalogs do not change when only line numbers do
 # --- Notebooks: executed at build time, strictly, with a cache keyed on bnlit itself.
 nb_execution_mode = "cache"
 nb_execution_raise_on_error = True
@@ -37,6 +50,9 @@ nb_execution_timeout = 300
 nb_merge_streams = True
 nb_render_markdown_format = "myst"  # Markdown outputs (tables built by cells) may hold math
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
+bibtex_bibfiles = ["references.bib"]
+bibtex_reference_style = "author_year"
+bibtex_default_style = "plain"  # numbered list, sorted by author
 
 
 # The cache folder is keyed on everything the pages read besides their cells
@@ -52,9 +68,18 @@ html_theme_options = {
     "use_download_button": True,
     "show_toc_level": 2,
     "navigation_with_keys": False,
+    # The switch to the same page in the other language, in every page's header.
+    "article_header_end": ["language-switch.html", "article-header-buttons.html"],
 }
-# Light or dark as the reader's system says; unset, a first visit logs "Got invalid theme mode".
-html_context = {"default_mode": "auto"}
+html_context = {
+    "bnlit_languages": LANGUAGES,
+    # Where the editions sit relative to each other: docs/_build/html/<lang>/ here,
+    # /<lang>/<version>/ on Read the Docs.
+    "bnlit_edition_up": "../../" if os.environ.get("READTHEDOCS") else "../",
+    "bnlit_edition_path": (os.environ.get("READTHEDOCS_VERSION", "latest") + "/") if os.environ.get("READTHEDOCS") else "",
+    # Light or dark as the reader's system says; unset, a first visit logs "Got invalid theme mode".
+    "default_mode": "auto",
+}
 # Search results without page excerpts: fetching the pages for them fails when the
 # book is read from files (file://), the book's first use.
 html_show_search_summary = False

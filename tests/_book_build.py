@@ -1,15 +1,19 @@
 """The built book, as a reader gets it: one strict build per test session.
 
-The fixture :func:`built_book` builds like ``make html`` (``-W --keep-going``,
-every notebook executed afresh into a scratch cache), packs the result with the
-same script as ``make html`` (docs/_ext/book_zip.py) and unzips the zip into
-another scratch folder. Tests that open pages read the unzipped copy: what a
-teacher hands to a class. ``tests/conftest.py`` makes the fixture available to
-every test module.
+The fixture :func:`built_book` builds like ``make html``: one strict build
+(``-W --keep-going``) per language of the Makefile's ``LANGUAGES`` into
+``html/<lang>``, sharing one scratch execution cache (the pages run once), the
+language chooser as ``html/index.html``; then it packs ``html`` with the same
+script as ``make html`` (docs/_ext/book_zip.py) and unzips the zip into another
+scratch folder. Tests that open pages read the unzipped copy: what a teacher
+hands to a class. :func:`editions` gives each language's folder of the build.
+``tests/conftest.py`` makes both fixtures available to every test module.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,6 +25,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 ZIP_SCRIPT = DOCS / "_ext" / "book_zip.py"
+CHOOSER = DOCS / "_chooser" / "index.html"
+#: The editions ``make html`` builds, in its order (the Makefile's ``LANGUAGES``).
+LANGUAGES = tuple(re.search(r"^LANGUAGES\s*:=\s*(.+)$", (ROOT / "Makefile").read_text(), re.M).group(1).split())
 #: The single folder every file of the zip sits in (see docs/_ext/book_zip.py).
 ZIP_FOLDER = "bnlit-book"
 
@@ -33,17 +40,19 @@ class BuiltBook:
 
 
 def build_book(out: Path) -> BuiltBook:
-    """Build the book strictly into ``out``, zip it, unzip the zip into ``out / 'unzipped'``."""
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html",
-            "-d", str(out / "doctrees"),
-            "-D", f"nb_execution_cache_path={out / 'cache'}",
-            str(DOCS), str(out / "html"),
-        ],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    """Build every edition strictly into ``out / 'html'``, zip it, unzip the zip into ``out / 'unzipped'``."""
+    for lang in LANGUAGES:
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html",
+                "-D", f"language={lang}", "-d", str(out / "doctrees" / lang),
+                "-D", f"nb_execution_cache_path={out / 'cache'}",
+                str(DOCS), str(out / "html" / lang),
+            ],
+            capture_output=True, text=True, timeout=900,
+        )
+        assert result.returncode == 0, f"the {lang!r} edition: " + result.stdout[-5000:] + result.stderr[-5000:]
+    shutil.copyfile(CHOOSER, out / "html" / "index.html")
     archive = out / "bnlit-book.zip"
     packed = subprocess.run(
         [sys.executable, str(ZIP_SCRIPT), str(out / "html"), str(archive)],
@@ -58,3 +67,9 @@ def build_book(out: Path) -> BuiltBook:
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory: pytest.TempPathFactory) -> BuiltBook:
     return build_book(tmp_path_factory.mktemp("built_book"))
+
+
+@pytest.fixture(scope="session")
+def editions(built_book: BuiltBook) -> dict[str, Path]:
+    """Each language's folder of the build; the chooser is ``index.html`` beside them."""
+    return {lang: built_book.html / lang for lang in LANGUAGES}

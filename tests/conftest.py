@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _book_build import built_book  # noqa: F401  (the built book, one build per session)
+from _book_build import built_book, editions  # noqa: F401  (the built book, one build per session)
 
 
 @pytest.fixture

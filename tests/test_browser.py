@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from _book_build import ZIP_FOLDER, BuiltBook
+from _book_build import LANGUAGES, ZIP_FOLDER, BuiltBook
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "apt-get install chromium (as root) and pip install playwright"
@@ -31,9 +31,10 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"the browser test needs {CHROMIUM}: {INSTALL}"),
 ]
 
-#: Folders of the unzipped book that each hold one edition of it. Issue 10
-#: (one folder per language) makes this ["en", "ja"].
-HTML_ROOTS = ["."]
+#: Folders of the unzipped book that each hold one edition of it (one per
+#: language). The pages directly in the book's folder (the language chooser)
+#: are visited too.
+HTML_ROOTS = list(LANGUAGES)
 LAUNCH_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -100,6 +101,7 @@ class Visit:
     """What one page showed, and what went wrong while it loaded."""
 
     has_math: bool  # the built HTML holds math elements
+    final_url: str = ""  # where the browser ended up (the chooser moves on to an edition)
     search_results: int = 0  # on a search page opened with a query
     containers: int = 0
     untypeset: list[str] = field(default_factory=list)
@@ -114,15 +116,16 @@ class Visit:
 
 
 def book_pages(unzipped: Path) -> list[Path]:
-    """Every HTML page of every edition (not the theme's templates in _static)."""
-    pages = []
+    """The pages beside the editions, and every HTML page of every edition (not the
+    theme's templates in _static)."""
+    pages = sorted(unzipped.glob("*.html"))
     for root in HTML_ROOTS:
         folder = unzipped / root
         pages += [p for p in sorted(folder.rglob("*.html")) if "_static" not in p.relative_to(folder).parts]
     return pages
 
 
-def visit(browser, path: Path, shots: Path, name: str, query: str = "") -> Visit:
+def visit(browser, path: Path, shots: Path, name: str, query: str = "", search: bool = False) -> Visit:
     """Open ``path`` (with ``query`` after it) as a first visit: a fresh profile, no stored theme."""
     html = path.read_text(encoding="utf-8")
     seen = Visit(has_math=re.search(r'class="[^"]*\bmath\b', html) is not None)
@@ -142,7 +145,9 @@ def visit(browser, path: Path, shots: Path, name: str, query: str = "") -> Visit
 
     page.route("**/*", offline)
     page.goto(path.as_uri() + query, wait_until="load")
-    if query:
+    page.wait_for_load_state("load")  # after a redirect too
+    seen.final_url = page.url
+    if search:
         try:
             seen.search_results = page.wait_for_function(SEARCH_DONE, timeout=30_000).json_value()["results"]
         except sync_api.TimeoutError:
@@ -174,7 +179,9 @@ def visits(built_book: BuiltBook, tmp_path_factory: pytest.TempPathFactory) -> d
         for root in HTML_ROOTS:  # a reader's search, answered from files alone
             search = built_book.unzipped / root / "search.html"
             name = search.relative_to(built_book.unzipped).as_posix() + f"?q={SEARCH}"
-            seen[name] = visit(browser, search, shots, name, query=f"?q={SEARCH}")
+            seen[name] = visit(browser, search, shots, name, query=f"?q={SEARCH}", search=True)
+        seen["index.html#choose"] = visit(browser, built_book.unzipped / "index.html", shots,
+                                          "index.html#choose", query="#choose")
         browser.close()
     return seen
 
@@ -195,10 +202,16 @@ def test_zip_holds_the_book_in_one_folder(built_book: BuiltBook) -> None:
 def test_every_page_of_the_zip_is_visited(built_book: BuiltBook, visits: dict[str, Visit]) -> None:
     built = {p.relative_to(built_book.html).as_posix() for p in built_book.html.rglob("*.html")
              if "_static" not in p.relative_to(built_book.html).parts}
-    pages = {name for name in visits if "?" not in name}
-    assert pages == built  # the zip holds every page of the build (one edition for now)
+    pages = {name for name in visits if "?" not in name and "#" not in name}
+    assert pages == built  # the zip holds every page of the build
     for root in HTML_ROOTS:
         assert Path(root, "index.html").as_posix() in visits
+
+
+def test_chooser_leads_to_an_edition(visits: dict[str, Visit]) -> None:
+    # Headless chromium asks for English: the chooser moves on to that edition.
+    assert visits["index.html"].final_url.endswith(f"/{LANGUAGES[0]}/index.html")
+    assert visits["index.html#choose"].final_url.endswith("/index.html#choose")  # stays, for choosing
 
 
 def test_search_finds_pages_offline(visits: dict[str, Visit]) -> None:
@@ -240,4 +253,5 @@ def test_screenshots_in_light_and_dark(visits: dict[str, Visit]) -> None:
     for name, seen in visits.items():
         light, dark = (shot.read_bytes() for shot in seen.screenshots)
         assert light.startswith(b"\x89PNG") and dark.startswith(b"\x89PNG"), name
-        assert light != dark, f"{name}: the dark theme looks like the light one"
+        if any(name.startswith(f"{root}/") for root in HTML_ROOTS):  # the chooser has no themes
+            assert light != dark, f"{name}: the dark theme looks like the light one"

@@ -44,7 +44,7 @@ EDITS = [
     "docs/_ext/bnlit_book.py",
     "docs/conf.py",
     "docs/_static/bnlit.css",
-    "docs/locales/ja/LC_MESSAGES/index.po",  # the book's catalogs (created if missing)
+    "docs/locales/ja/LC_MESSAGES/figures.po",  # figure text, read by the cells (created if missing)
 ]
 
 
@@ -60,10 +60,13 @@ def test_the_key_changes_when_a_file_the_pages_read_changes(project: Path, name:
     assert key(project / "docs") != before, name
 
 
-def test_editing_a_page_or_choosing_a_language_keeps_the_key(project: Path, monkeypatch) -> None:
+def test_editing_a_page_or_its_translation_or_choosing_a_language_keeps_the_key(project: Path, monkeypatch) -> None:
     key = _load_extension().execution_key
     before = key(project / "docs")
     (project / "docs" / "index.md").write_text("# Another text\n", encoding="utf-8")
+    page_catalog = project / "docs" / "locales" / "ja" / "LC_MESSAGES" / "index.po"
+    page_catalog.parent.mkdir(parents=True, exist_ok=True)
+    page_catalog.write_text('msgid "a"\nmsgstr "b"\n', encoding="utf-8")
     monkeypatch.setenv("READTHEDOCS_LANGUAGE", "ja")
     assert key(project / "docs") == before
 

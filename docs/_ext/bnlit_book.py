@@ -20,20 +20,30 @@ LIBRARIES = ("numpy", "sympy", "matplotlib", "myst-nb", "ipykernel")
 SKIP_DIRS = {"_build", "__pycache__", ".ipynb_checkpoints", ".jupyter_cache"}
 
 
+#: The one catalog under docs/locales that cells read (figure text, see docs/_editions.py).
+#: The pages' own catalogs are applied by Sphinx to what the cells produced and
+#: never reach a cell: editing a translation must not re-execute the book.
+CELL_CATALOG = "figures.po"
+
+
 def _files(folder: Path, skip_pages: bool) -> Iterator[Path]:
     for path in folder.rglob("*"):
-        parts = set(path.relative_to(folder).parts)
-        if path.is_file() and not parts & SKIP_DIRS and not (skip_pages and path.suffix == ".md"):
-            yield path
+        relative = path.relative_to(folder).parts
+        if not path.is_file() or set(relative) & SKIP_DIRS:
+            continue
+        if skip_pages and (path.suffix == ".md" or (relative[0] == "locales" and path.name != CELL_CATALOG)):
+            continue
+        yield path
 
 
 def key_inputs(docs: Path) -> list[Path]:
     """Every file the pages can read besides their own cells.
 
-    All of the package (recursively: engines, catalogs, data), and every file
-    under ``docs/`` that is not a page (the book's helpers, data, extensions,
-    static files, bibliography, translation catalogs). The pages' cells are
-    keyed by jupyter-cache itself.
+    All of the package (recursively: engines, its message catalogs, data), and
+    every file under ``docs/`` that is not a page (the book's helpers, data,
+    extensions, static files, bibliography, the figures' catalogs). The pages'
+    cells are keyed by jupyter-cache itself; the pages' catalogs only translate
+    what the cells produced.
     """
     root = docs.parent
     return sorted([*_files(root / "bnlit", skip_pages=False), *_files(docs, skip_pages=True)])
