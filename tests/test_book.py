@@ -69,25 +69,48 @@ def test_no_page_shows_an_error(book: Path, name: str) -> None:
         assert sign not in html, (name, sign)
 
 
+def outputs(book: Path, name: str) -> list[str]:
+    """The text of every printed output block of a page, in order."""
+    blocks = re.findall(r'<div class="output (?:stream|text_plain)[^"]*">\s*<div class="highlight[^"]*"><pre>(.*?)</pre>',
+                        page(book, name), re.S)
+    return [html_lib.unescape(re.sub(r"<[^>]+>", "", b)) for b in blocks]
+
+
+def _printed(values: list[list[float]]) -> str:
+    """How NumPy prints a matrix of hand-computed values (the page prints bnlit's with print())."""
+    import numpy as np
+
+    return str(np.array(values))
+
+
 def test_seed_2d_page_shows_live_outputs(book: Path) -> None:
-    html = page(book, "seed_examples")
+    """Whole printed matrices, at their place after the notebook's labels: columns 0 and 1
+    share their statistics, so single numbers found anywhere would prove little."""
     eps = 1e-8
-    # Training: column 0 is 1..4, mean 5/2, variance 5/4. Prediction after one step: 1/10 of both.
-    train = (1 - 2.5) / math.sqrt(1.25 + eps)
-    predict = (1 - 0.25) / math.sqrt(0.125 + eps)
-    assert f"{train:.8f}" in html
-    assert f"{predict:.8f}" in html
+    x = [[1, 2, 3], [2, 3, 2], [3, 4, 4], [4, 1, 2]]
+    mean, var = [10 / 4, 10 / 4, 11 / 4], [5 / 4, 5 / 4, 11 / 16]  # by hand, per column
+    train = [[(row[c] - mean[c]) / math.sqrt(var[c] + eps) for c in range(3)] for row in x]
+    # After one training step the moving statistics are 1/10 of the batch's.
+    predict = [[(row[c] - 0.1 * mean[c]) / math.sqrt(0.1 * var[c] + eps) for c in range(3)] for row in x]
+    cell = outputs(book, "seed_examples")[0]
+    assert "学習時の順伝播計算\n" + _printed(train) + "\n" in cell
+    assert "予測時の順伝播計算\n" + _printed(predict) + "\n" in cell
     # Backward residue of the seed's dout = x/10 (hand formula), glued into the prose.
     s = math.sqrt(11 / 16 + eps)  # column 2: the largest residue
     residue = 1.25 / (10 * s) * eps / s**2
-    assert f"{residue:.1e}" in html
+    assert f"{residue:.1e}" in page(book, "seed_examples")
 
 
 def test_seed_4d_page_shows_live_outputs(book: Path) -> None:
     html = page(book, "seed_examples")
     eps = 1e-8
-    var = 20 / 3 + 729  # every channel of arange(108).reshape(2, 6, 3, 3)
-    assert f"{(0 - 31) / math.sqrt(var + eps):.8f}" in html  # first training output
+    var = 20 / 3 + 729  # every channel of arange(108).reshape(2, 6, 3, 3); channel c has mean 9c + 31
+    cell = next(o for o in outputs(book, "seed_examples") if "(2, 6, 3, 3)" in o)
+    training, prediction = cell.split("学習時の順伝播計算", 1)[1].split("予測時の順伝播計算", 1)
+    assert f"[[[[{(0 - 31) / math.sqrt(var + eps):.8f}" in training.replace(" ", "")  # first training output
+    # Prediction after one step, example 1, channel 5, last value: x = 54 + 45 + 8 = 107.
+    last = (107 - 0.1 * (9 * 5 + 31)) / math.sqrt(0.1 * var + eps)
+    assert f"{last:.8f}]]]]" in prediction.replace(" ", "")
     s = math.sqrt(var + eps)
     residue = 31 / (10 * s) * eps / s**2  # the largest |x - mean| is 31
     assert f"{residue:.1e}" in html

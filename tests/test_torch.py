@@ -1,4 +1,6 @@
-"""bnlit against PyTorch's batch_norm (optional: skipped when torch is missing).
+"""bnlit against PyTorch's batch_norm (optional: skipped when torch is missing, a failure in CI).
+
+Without torch, test_contracts.py still checks like_pytorch's settings by hand.
 
 Conventions bridged here: PyTorch's momentum weights the new statistic
 (momentum = 1 - rho) and its running variance is the unbiased n/(n-1) estimate.
@@ -11,7 +13,9 @@ import pytest
 
 from bnlit import BatchNormalization
 
-torch = pytest.importorskip("torch", reason="PyTorch is optional: pip install torch==2.13.0 (CPU)")
+from _optional import require
+
+torch = require("torch", install="pip install torch==2.13.0 (the CPU build is enough)")
 F = torch.nn.functional
 
 EPS = 1e-5

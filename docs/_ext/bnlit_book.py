@@ -93,7 +93,36 @@ def offer_notebook_download(app: Any, pagename: str, templatename: str, context:
     context["ipynb_source"] = f"{pagename}.ipynb"
 
 
+def glue_in_translations() -> None:
+    """Let ``{glue:...}`` roles work inside translated text.
+
+    Sphinx parses a translated paragraph as a small document of its own, which
+    lacks the notebook's glue data, so MyST-NB's glue roles fail there ("No key
+    ... found in glue data"). Such a role is turned into MyST-NB's own
+    cross-document form, ``{glue:text}`/page.md::key:fmt```, which is resolved
+    after reading from the page's glue cache: the same number as in English.
+    """
+    from myst_nb.ext.glue import roles
+
+    for role in (roles.PasteTextRole, roles.PasteRoleAny, roles.PasteMarkdownRole):
+        if getattr(role.run, "_bnlit_translated", False):
+            continue
+        original = role.run
+
+        def run(self: Any, original: Any = original, role: Any = role) -> Any:
+            env = getattr(self.document.settings, "env", None)
+            if env is not None and "nb_renderer" not in self.document and "::" not in self.text:
+                page = Path(env.doc2path(env.docname)).relative_to(env.srcdir).as_posix()
+                text = self.text if ":" in self.text else self.text + ":s"  # key:format, as MyST-NB splits it
+                self.text = f"/{page}::{text}" if role is roles.PasteTextRole else f"/{page}::{self.text}"
+            return original(self)
+
+        run._bnlit_translated = True  # type: ignore[attr-defined]
+        role.run = run
+
+
 def setup(app: Any) -> dict[str, Any]:
     # Before the theme's own handler (priority 500) builds the download menu.
     app.connect("html-page-context", offer_notebook_download, priority=400)
+    glue_in_translations()
     return {"parallel_read_safe": True, "parallel_write_safe": True}
