@@ -74,10 +74,11 @@ async () => {
           broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"))};
 }
 """
-# The search page's own words once it is done (Sphinx's searchtools.js).
+# The search page once it is done, in any language: Sphinx's searchtools.js has
+# made its summary and stopped its "Searching" pulse.
 SEARCH_DONE = """
-() => { const s = document.querySelector(".search-summary");
-        const done = s && /finished|did not match/.test(s.textContent);
+() => { const done = document.querySelector(".search-summary") && typeof Search !== "undefined"
+                     && Search._pulse_status === -1;
         return done ? {results: document.querySelectorAll("#search-results li").length} : null; }
 """
 THEME = "mode => { document.documentElement.dataset.theme = mode; document.documentElement.dataset.mode = mode; }"
