@@ -17,6 +17,7 @@ TRANSLATIONS := ja
 
 help:
 	@echo "make html   build the book, English and Japanese, into $(BUILDDIR)/html (open $(BUILDDIR)/html/index.html)"
+	@echo "            and $(BUILDDIR)/bnlit-book.zip (unzip anywhere, open bnlit-book/index.html)"
 	@echo "make translations  refresh docs/locales from the English sources; list what is new or fuzzy"
 	@echo "make test   run every test, including a strict build of the book"
 	@echo "make bench  time both engines against PyTorch (if installed); saves docs/data/benchmark.json"
@@ -43,6 +44,7 @@ html: $(VENV)/.installed
 			docs $(BUILDDIR)/html/$$lang $(SPHINXOPTS) || { rm -rf $(BUILDDIR)/doctrees/$$lang; exit 1; }; \
 	done
 	cp docs/_chooser/index.html $(BUILDDIR)/html/index.html
+	$(BIN)/python docs/_ext/book_zip.py $(BUILDDIR)/html $(BUILDDIR)/bnlit-book.zip
 	@echo "The book is at $(BUILDDIR)/html/index.html"
 
 # After English edits: extract the messages, merge them into each catalog (new

@@ -28,6 +28,7 @@ extensions = [
     "sphinx_togglebutton",
     "bnlit_book",  # .ipynb downloads (docs/_ext/bnlit_book.py)
     "sphinxcontrib.bibtex",  # citations from docs/references.bib, listed on references.md
+    "offline_math",  # MathJax served from _static, no CDN (docs/_ext/offline_math.py)
 ]
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md", "_ext", "_chooser"]
 templates_path = ["_templates"]
@@ -76,7 +77,12 @@ html_context = {
     # /<lang>/<version>/ on Read the Docs.
     "bnlit_edition_up": "../../" if os.environ.get("READTHEDOCS") else "../",
     "bnlit_edition_path": (os.environ.get("READTHEDOCS_VERSION", "latest") + "/") if os.environ.get("READTHEDOCS") else "",
+    # Light or dark as the reader's system says; unset, a first visit logs "Got invalid theme mode".
+    "default_mode": "auto",
 }
+# Search results without page excerpts: fetching the pages for them fails when the
+# book is read from files (file://), the book's first use.
+html_show_search_summary = False
 # Copy buttons on code cells, not on their outputs.
 copybutton_selector = "div:not(.output) > div.highlight pre"
 copybutton_exclude = ".linenos, .gp, .go"

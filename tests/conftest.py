@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _book_build import built_book, editions  # noqa: F401  (the built book, one build per session)
 from _optional import in_ci, is_missing_dependency
 
 #: Modules whose tests all run once per engine (the numba runs skip, naming the
