@@ -35,6 +35,7 @@ ZIP_FOLDER = "bnlit-book"
 @dataclass(frozen=True)
 class BuiltBook:
     html: Path  # Sphinx's output folder
+    gettext: Path  # the message templates (.pot) of the English sources, as `make translations` extracts them
     archive: Path  # the zip that ``make html`` also writes
     unzipped: Path  # the book's folder after unzipping the archive elsewhere
 
@@ -52,6 +53,13 @@ def build_book(out: Path) -> BuiltBook:
             capture_output=True, text=True, timeout=900,
         )
         assert result.returncode == 0, f"the {lang!r} edition: " + result.stdout[-5000:] + result.stderr[-5000:]
+    # The English messages, extracted from the same execution (the cache is shared).
+    extracted = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-q", "-b", "gettext", "-d", str(out / "doctrees" / "gettext"),
+         "-D", f"nb_execution_cache_path={out / 'cache'}", str(DOCS), str(out / "gettext")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert extracted.returncode == 0, extracted.stdout[-5000:] + extracted.stderr[-5000:]
     shutil.copyfile(CHOOSER, out / "html" / "index.html")
     archive = out / "bnlit-book.zip"
     packed = subprocess.run(
@@ -61,7 +69,7 @@ def build_book(out: Path) -> BuiltBook:
     assert packed.returncode == 0, packed.stdout + packed.stderr
     with zipfile.ZipFile(archive) as book:
         book.extractall(out / "unzipped")
-    return BuiltBook(html=out / "html", archive=archive, unzipped=out / "unzipped" / ZIP_FOLDER)
+    return BuiltBook(html=out / "html", gettext=out / "gettext", archive=archive, unzipped=out / "unzipped" / ZIP_FOLDER)
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +81,9 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> BuiltBook:
 def editions(built_book: BuiltBook) -> dict[str, Path]:
     """Each language's folder of the build; the chooser is ``index.html`` beside them."""
     return {lang: built_book.html / lang for lang in LANGUAGES}
+
+
+@pytest.fixture(scope="session")
+def gettext_templates(built_book: BuiltBook) -> Path:
+    """The .pot files of the English sources, to compare with the catalogs."""
+    return built_book.gettext

@@ -10,8 +10,6 @@ from __future__ import annotations
 import html as html_lib
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,19 +28,9 @@ pytestmark = pytest.mark.book
 
 
 @pytest.fixture(scope="module")
-def book(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("book")
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html",
-            "-d", str(out / "doctrees"),
-            "-D", f"nb_execution_cache_path={out / 'cache'}",
-            str(DOCS), str(out / "html"),
-        ],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    return out / "html"
+def book(editions: dict[str, Path]) -> Path:
+    """The English edition of the session's strict build (tests/_book_build.py)."""
+    return editions["en"]
 
 
 def page(book: Path, name: str) -> str:
