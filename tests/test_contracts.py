@@ -116,26 +116,26 @@ UNFIT_OUT = {
     # what out is, the exception, the exact message for a (4, 3) float64 result
     "not-contiguous": (
         lambda: np.empty((3, 4)).T, ValueError,
-        "out must be a C-contiguous array of shape (4, 3) and dtype float64; "
+        "out must be a writeable C-contiguous array of shape (4, 3) and dtype float64; "
         "got an array of shape (4, 3) and dtype float64 that is not C-contiguous",
     ),
     "strided": (
         lambda: np.empty((4, 6))[:, ::2], ValueError,
-        "out must be a C-contiguous array of shape (4, 3) and dtype float64; "
+        "out must be a writeable C-contiguous array of shape (4, 3) and dtype float64; "
         "got an array of shape (4, 3) and dtype float64 that is not C-contiguous",
     ),
     "wrong-dtype": (
         lambda: np.empty((4, 3), np.float32), ValueError,
-        "out must be a C-contiguous array of shape (4, 3) and dtype float64; "
+        "out must be a writeable C-contiguous array of shape (4, 3) and dtype float64; "
         "got an array of shape (4, 3) and dtype float32",
     ),
     "wrong-shape": (
         lambda: np.empty((3, 4)), ValueError,
-        "out must be a C-contiguous array of shape (4, 3) and dtype float64; "
+        "out must be a writeable C-contiguous array of shape (4, 3) and dtype float64; "
         "got an array of shape (3, 4) and dtype float64",
     ),
-    "list": (lambda: [[0.0] * 3] * 4, TypeError, "out must be a NumPy array; got list"),
-    "memoryview": (lambda: memoryview(np.empty((4, 3))), TypeError, "out must be a NumPy array; got memoryview"),
+    "list": (lambda: [[0.0] * 3] * 4, TypeError, "out must be a NumPy array (not masked); got list"),
+    "memoryview": (lambda: memoryview(np.empty((4, 3))), TypeError, "out must be a NumPy array (not masked); got memoryview"),
 }
 
 
@@ -265,17 +265,17 @@ MESSAGES = {
     "moving-var-rebound-before-training": (
         lambda: rebound(moving_var=np.ones(4)).forward(X), "ValueError",
         "moving_var must have shape (3,); got shape (4,)"),
-    "training-no-channels": (
+    "no-channels": (  # a layer needs at least one channel (issue 12: zero-size inputs)
         lambda: BatchNormalization(np.ones(0), np.zeros(0)).forward(np.ones((4, 0))), "ValueError",
-        "training needs at least 2 values per channel to estimate a variance; got 0 for input shape (4, 0)"),
+        "gamma must have a 1-D array of at least one value; got shape (0,)"),
     "momentum": (lambda: BatchNormalization(np.ones(3), np.zeros(3), momentum=-0.1), "ValueError",
                  "momentum must lie in [0, 1]; got -0.1"),
     "epsilon": (lambda: BatchNormalization(np.ones(3), np.zeros(3), epsilon=-1), "ValueError",
-                "epsilon must be positive; got -1"),
+                "epsilon must be positive and finite; got -1"),
     "moving-var-negative": (lambda: BatchNormalization(np.ones(3), np.zeros(3), moving_var=[1, -1, 1]), "ValueError",
-                            "moving_var must be non-negative"),
+                            "moving_var must be finite and non-negative; it is not in channel 1 (values [-1.0])"),
     "gamma-2d": (lambda: BatchNormalization(np.ones((3, 1)), np.zeros(3)), "ValueError",
-                 "gamma must have a 1-D array; got shape (3, 1)"),
+                 "gamma must have a 1-D array of at least one value; got shape (3, 1)"),
     "beta-length": (lambda: BatchNormalization(np.ones(3), np.zeros(2)), "ValueError",
                     "beta must have shape (3,); got shape (2,)"),
     "training-one-value": (

@@ -104,7 +104,7 @@ def test_moving_average_recurrence_after_k_steps(steps, rho) -> None:
 
 
 @pytest.mark.parametrize("shape", [(32768, 3), (64, 3, 32, 32)], ids=["2d", "4d"])
-def test_float32_large_mean_small_std(shape, rng, monkeypatch) -> None:
+def test_float32_large_mean_small_std(shape, rng, monkeypatch, bnlit_engine) -> None:
     """mean 1e4, std 0.1: E[x^2] - E[x]^2 would lose every digit in float32.
 
     The inputs are larger than the small-input threshold, so the streaming kernels
@@ -120,7 +120,8 @@ def test_float32_large_mean_small_std(shape, rng, monkeypatch) -> None:
     bn = BatchNormalization(np.ones(3), np.zeros(3))
     out = bn.forward(x)
     dx = bn.backward(dout)
-    assert ran == ["channel_stats", "normalize", "backward_sums", "input_grad"]
+    if bnlit_engine == "numpy":  # the NumPy engine's streaming kernels, not its plain path
+        assert ran == ["channel_stats", "normalize", "backward_sums", "input_grad"]
     axes = channel_axes(x)
     assert out.dtype == np.float32 and np.all(np.isfinite(out))
     np.testing.assert_allclose(out.astype(np.float64).var(axis=axes), 1.0, rtol=1e-4)
