@@ -247,18 +247,30 @@ def check_gradient_sums(sums: Iterable[Array], mean: F64, dout: Array, gamma: Op
         )
 
 
-def check_staged_nodes(nodes: dict[str, Array]) -> None:
+def check_staged_nodes(nodes: dict[str, Array], std: Array, x_mu: Array, path_2: Array) -> None:
     """The staged backward's per-channel chain (each node the one before divided by
-    ``std`` or ``n``) must stay in float64's normal range: a node that underflowed to
-    zero or to a subnormal from a non-zero one would make ``dx`` silently wrong."""
+    ``std`` or ``n``) must stay in float64's normal range where it matters: a node
+    that underflowed from a non-zero one is refused when what it lost could move
+    ``dx`` (through ``grad_x_mu_2 = 2 x_mu grad_x_mu_sq``) by more than the rounding
+    of ``dx``'s other path ``path_2`` (``grad_x_mu_1``)."""
+    tiny = np.finfo(np.float64).tiny
     names = list(nodes)
+    lost = np.zeros(np.ravel(std).shape, dtype=bool)
+    first = ""
     for before, name in zip(names, names[1:]):
-        lost = (nodes[before] != 0) & (np.abs(nodes[name]) < np.finfo(np.float64).tiny)
-        if np.any(lost):
-            raise ValueError(
-                f"the staged graph's node {name} underflows float64 (x's spread and dout are too "
-                f"many orders of magnitude apart); the default path (staged=False) computes this backward"
-            )
+        here = np.ravel((nodes[before] != 0) & (np.abs(nodes[name]) < tiny))
+        first = first or (name if np.any(here) else "")
+        lost |= here
+    if not np.any(lost):
+        return
+    axes = tuple(k for k in range(x_mu.ndim) if k != 1)
+    harm = 2 * np.abs(x_mu).max(axis=axes) * tiny * (2 + 1 / np.ravel(std))  # what dx may lose
+    lost &= harm > 2.0**-52 * np.abs(path_2).max(axis=axes)
+    if np.any(lost):
+        raise ValueError(
+            f"the staged graph's node {first} underflows float64 in {_channels(lost)} (x's spread and "
+            f"dout are too many orders of magnitude apart); the default path (staged=False) computes this backward"
+        )
 
 
 def as_3d(a: Array) -> Array:

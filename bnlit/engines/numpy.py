@@ -202,10 +202,10 @@ def exact_stats(x3: Array, chans: NDArray[np.intp]) -> tuple[F64, F64]:
         for rows in _row_blocks(x3, len(chans)):
             largest = np.maximum(largest, np.abs(x3[rows][:, chans]).max(axis=(0, 2)))
         exps = _exponents(largest)
-        down = np.ldexp(1.0, -exps)[:, None]
+        down = -exps[:, None]  # ldexp of the data itself: 2**-e alone overflows for subnormal data
         count, mean, m2 = 0, np.zeros(len(chans)), np.zeros(len(chans))
         for rows in _row_blocks(x3, len(chans)):
-            block = x3[rows][:, chans].astype(np.float64) * down
+            block = np.ldexp(x3[rows][:, chans].astype(np.float64), down)
             n_block = block.shape[0] * s
             first = block[0, :, :1].copy()
             block -= first  # about the first value: a constant channel's mean comes out exact
@@ -416,11 +416,10 @@ def exact_grad_sums(x3: Array, dout3: Array, mean: F64, chans: NDArray[np.intp])
             largest_d = np.maximum(largest_d, np.abs(dout3[rows][:, chans]).max(axis=(0, 2)))
             largest_e = np.maximum(largest_e, np.abs(x3[rows][:, chans] - m).max(axis=(0, 2)))
         exp_d, exp_e = _exponents(largest_d), _exponents(largest_e)
-        down_d, down_e = np.ldexp(1.0, -exp_d)[:, None], np.ldexp(1.0, -exp_e)[:, None]
         s1, s2 = np.zeros(len(chans)), np.zeros(len(chans))
         for rows in _row_blocks(x3, len(chans)):
-            d = dout3[rows][:, chans].astype(np.float64) * down_d
-            e = (x3[rows][:, chans] - m) * down_e
+            d = np.ldexp(dout3[rows][:, chans].astype(np.float64), -exp_d[:, None])
+            e = np.ldexp(x3[rows][:, chans] - m, -exp_e[:, None])
             s1 += d.sum(axis=(0, 2))
             s2 += np.einsum("ncs,ncs->c", d, e)
         bad = ~(np.isfinite(largest_d) & np.isfinite(largest_e))
