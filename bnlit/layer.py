@@ -40,8 +40,9 @@ F64 = NDArray[np.float64]
 
 def _quiet() -> np.errstate:
     """NaN and infinity propagate, and results beyond the dtype's range become inf, without
-    NumPy's warnings (the streaming kernels, on their own threads, are silent too)."""
-    return np.errstate(over="ignore", invalid="ignore")
+    NumPy's warnings (the streaming kernels, on their own threads, are silent too). A
+    statistic out of range (1 / inf) is refused by a check, not warned about."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 class _Params(NamedTuple):
@@ -317,19 +318,19 @@ class BatchNormalization(SeedIntermediates):
             for name, moving in (("moving_mean", self.moving_mean), ("moving_var", self.moving_var)):
                 if moving is not None:
                     as_channel_vector(moving, name, data.shape[1])
-        else:
-            stats = self._prediction_stats(data.shape[1], params)
         result = output(out, data, "out", self._kept({"x": data, "the given x": x}) if out is not None else {})
         if train:
             self._train_forward(data, params, result)
-        elif data.size:  # an empty batch has nothing to normalise
-            with _quiet():
+            return result
+        with _quiet():
+            stats = self._prediction_stats(data.shape[1], params)
+            if data.size:  # an empty batch has nothing to normalise
                 self._engine.normalize_with(as_3d(data), stats, params.gamma, params.beta, as_3d(result))
         return result
 
     def _train_forward(self, x: Array, p: _Params, out: Array) -> None:
         steps = None
-        with _quiet(), np.errstate(divide="ignore"):  # a variance out of range is refused just below
+        with _quiet():  # a variance out of range is refused just below
             if self.staged:
                 steps = staged_forward(x, p.gamma, p.beta, p.epsilon)
                 stats = stats_from(steps.mu.reshape(-1).astype(np.float64), steps.var.reshape(-1).astype(np.float64),
@@ -377,8 +378,7 @@ class BatchNormalization(SeedIntermediates):
         check_moving(mean, var)
         if self.bias_correction:
             mean, var = self._corrected(mean, var, p.rho)
-        with _quiet(), np.errstate(divide="ignore"):
-            stats = stats_from(mean, var, p.epsilon)
+        stats = stats_from(mean, var, p.epsilon)  # (called quietly)
         check_sum_fits(stats.inv_std)
         return stats
 

@@ -189,7 +189,8 @@ def staged_nodes_out_of_range(ref, x: np.ndarray, dout: np.ndarray, gamma: np.nd
     a5 = a4 / (2 * ref.std)
     a6 = a5 / n
     a7 = 2 * x_mu * a6
-    nodes = [a1, a2, a3, a4, a5, a6, a7, n * (a2 + a7)]
+    products = [a1 * x_mu, d * np.abs(ref.x_std).max(axis=1), n * d]  # the terms the staged sums add
+    nodes = [a1, a2, a3, a4, a5, a6, a7, n * (a2 + a7), *products]
     large = any(bool(np.any(~(v < 1e300))) for v in nodes)
     small = any(bool(np.any((v < 1e-290) & (ref.dgamma != 0))) for v in (a4, a5, a6))
     return large or small
