@@ -470,16 +470,11 @@ class BatchNormalization(SeedIntermediates):
         params = self._params(x.shape[1])
         result = output(out, x, "out", self._kept({"dout": grad, "the given dout": dout}) if out is not None else {})
         if cache.steps is not None:
-            with _quiet():
-                steps = staged_backward(cache.steps, grad, params.gamma)
-            chain = {"grad_std_inv": steps.grad_std_inv, "grad_std": steps.grad_std, "grad_var": steps.grad_var,
-                     "grad_x_mu_sq": steps.grad_x_mu_sq}
-            check_gradient_sums((steps.dbeta, steps.dgamma, steps.grad_mu, *chain.values()), cache.stats.mean, grad,
-                                params.gamma)
-            check_staged_nodes(chain, cache.steps.std, cache.steps.x_mu, steps.grad_x_mu_1)
+            steps = self._staged_backward(cache, grad, params.gamma)
             with _quiet():
                 result[...] = steps.grad_x
-                self.dgamma, self.dbeta = steps.dgamma.astype(x.dtype), steps.dbeta.astype(x.dtype)
+                self.dgamma, self.dbeta = (steps.dgamma.astype(x.dtype, copy=False),
+                                           steps.dbeta.astype(x.dtype, copy=False))
             self.backward_steps = steps
             return result
         with _quiet():
@@ -489,3 +484,15 @@ class BatchNormalization(SeedIntermediates):
             self.dgamma = (cache.stats.inv_std * sums.sum_dout_xmu).astype(x.dtype)
             self.dbeta = sums.sum_dout.astype(x.dtype)
         return result
+
+    @staticmethod
+    def _staged_backward(cache: TrainingCache, grad: Array, gamma: F64) -> BackwardSteps:
+        """The nine steps, refused when a per-channel node leaves float64's range."""
+        assert cache.steps is not None
+        with _quiet():
+            steps = staged_backward(cache.steps, grad, gamma)
+        chain = {"grad_std_inv": steps.grad_std_inv, "grad_std": steps.grad_std, "grad_var": steps.grad_var,
+                 "grad_x_mu_sq": steps.grad_x_mu_sq}
+        check_gradient_sums((steps.dbeta, steps.dgamma, steps.grad_mu, *chain.values()), cache.stats.mean, grad, gamma)
+        check_staged_nodes(chain, cache.steps.std, cache.steps.x_mu, steps.grad_x_mu_1)
+        return steps
