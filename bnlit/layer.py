@@ -38,6 +38,13 @@ Array = NDArray[np.floating]
 F64 = NDArray[np.float64]
 
 
+def _quiet() -> np.errstate:
+    """NaN and infinity propagate, and results beyond the dtype's range become inf, without
+    NumPy's warnings (the streaming kernels, on their own threads, are silent too). A
+    statistic out of range (1 / inf) is refused by a check, not warned about."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 class _Params(NamedTuple):
     """The layer's settings, checked for one call."""
 
@@ -313,26 +320,29 @@ class BatchNormalization(SeedIntermediates):
             for name, moving in (("moving_mean", self.moving_mean), ("moving_var", self.moving_var)):
                 if moving is not None:
                     as_channel_vector(moving, name, data.shape[1])
-        else:
-            stats = self._prediction_stats(data.shape[1], params)
         result = output(out, data, "out", self._kept({"x": data, "the given x": x}) if out is not None else {})
         if train:
             self._train_forward(data, params, result)
-        elif data.size:  # an empty batch has nothing to normalise
-            self._engine.normalize_with(as_3d(data), stats, params.gamma, params.beta, as_3d(result))
+            return result
+        with _quiet():
+            stats = self._prediction_stats(data.shape[1], params)
+            if data.size:  # an empty batch has nothing to normalise
+                self._engine.normalize_with(as_3d(data), stats, params.gamma, params.beta, as_3d(result))
         return result
 
     def _train_forward(self, x: Array, p: _Params, out: Array) -> None:
         steps = None
-        if self.staged:
-            steps = staged_forward(x, p.gamma, p.beta, p.epsilon)
-            with np.errstate(all="ignore"):  # a variance out of range is refused just below
-                stats = stats_from(steps.mu.reshape(-1).astype(np.float64), steps.var.reshape(-1).astype(np.float64), p.epsilon)
-        else:
-            stats = self._engine.train_forward(as_3d(x), p.gamma, p.beta, p.epsilon, as_3d(out))
+        with _quiet():  # a variance out of range is refused just below
+            if self.staged:
+                steps = staged_forward(x, p.gamma, p.beta, p.epsilon)
+                stats = stats_from(steps.mu.reshape(-1).astype(np.float64), steps.var.reshape(-1).astype(np.float64),
+                                   p.epsilon)
+            else:
+                stats = self._engine.train_forward(as_3d(x), p.gamma, p.beta, p.epsilon, as_3d(out))
         check_statistics(stats.mean, stats.var, stats.inv_std, p.epsilon)
         if steps is not None:
-            out[...] = steps.out
+            with _quiet():
+                out[...] = steps.out
         count = x.size // x.shape[1]
         moving_mean, moving_var, start = self._updated_moving_statistics(stats, count, p.rho)
         # Everything is computed and checked: only now does the layer's state change.
@@ -370,7 +380,7 @@ class BatchNormalization(SeedIntermediates):
         check_moving(mean, var)
         if self.bias_correction:
             mean, var = self._corrected(mean, var, p.rho)
-        stats = stats_from(mean, var, p.epsilon)
+        stats = stats_from(mean, var, p.epsilon)  # (called quietly)
         check_sum_fits(stats.inv_std)
         return stats
 
@@ -462,20 +472,29 @@ class BatchNormalization(SeedIntermediates):
         params = self._params(x.shape[1])
         result = output(out, x, "out", self._kept({"dout": grad, "the given dout": dout}) if out is not None else {})
         if cache.steps is not None:
-            steps = staged_backward(cache.steps, grad, params.gamma)
-            chain = {"grad_std_inv": steps.grad_std_inv, "grad_std": steps.grad_std, "grad_var": steps.grad_var,
-                     "grad_x_mu_sq": steps.grad_x_mu_sq}
-            check_gradient_sums((steps.dbeta, steps.dgamma, steps.grad_mu, *chain.values()), cache.stats.mean, grad,
-                                params.gamma)
-            check_staged_nodes(chain)
-            result[...] = steps.grad_x
+            steps = self._staged_backward(cache, grad, params.gamma)
+            with _quiet():
+                result[...] = steps.grad_x
+                self.dgamma, self.dbeta = (steps.dgamma.astype(x.dtype, copy=False),
+                                           steps.dbeta.astype(x.dtype, copy=False))
             self.backward_steps = steps
-            with np.errstate(over="ignore"):  # beyond float32's range: inf, as documented
-                self.dgamma, self.dbeta = steps.dgamma.astype(x.dtype), steps.dbeta.astype(x.dtype)
             return result
-        sums = self._engine.backward(as_3d(x), as_3d(grad), cache.stats, params.gamma, as_3d(result))
+        with _quiet():
+            sums = self._engine.backward(as_3d(x), as_3d(grad), cache.stats, params.gamma, as_3d(result))
         check_gradient_sums(sums, cache.stats.mean, grad)
-        with np.errstate(over="ignore"):  # beyond float32's range: inf, as documented
+        with _quiet():
             self.dgamma = (cache.stats.inv_std * sums.sum_dout_xmu).astype(x.dtype)
             self.dbeta = sums.sum_dout.astype(x.dtype)
         return result
+
+    @staticmethod
+    def _staged_backward(cache: TrainingCache, grad: Array, gamma: F64) -> BackwardSteps:
+        """The nine steps, refused when a per-channel node leaves float64's range."""
+        assert cache.steps is not None
+        with _quiet():
+            steps = staged_backward(cache.steps, grad, gamma)
+        chain = {"grad_std_inv": steps.grad_std_inv, "grad_std": steps.grad_std, "grad_var": steps.grad_var,
+                 "grad_x_mu_sq": steps.grad_x_mu_sq}
+        check_gradient_sums((steps.dbeta, steps.dgamma, steps.grad_mu, *chain.values()), cache.stats.mean, grad, gamma)
+        check_staged_nodes(chain, cache.steps.std, cache.steps.x_mu, steps.grad_x_mu_1)
+        return steps

@@ -68,7 +68,15 @@ def reference_training(
     """Training forward (and backward) of batch normalization from exact statistics.
 
     Raises :class:`Unrepresentable` when a statistic or a gradient sum does not fit in float64.
+    NaN and infinity in ``gamma``, ``beta`` or ``dout`` propagate, silently.
     """
+    with np.errstate(all="ignore"):
+        return _reference_training(x, gamma, beta, epsilon, dout)
+
+
+def _reference_training(
+    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float, dout: Optional[np.ndarray]
+) -> Reference:
     xc = by_channel(x)
     channels, n = xc.shape
     mean, var, std = np.empty(channels), np.empty(channels), np.empty(channels)
@@ -105,7 +113,7 @@ def reference_prediction(
     shape = [1] * x.ndim
     shape[1] = -1
     col = lambda v: np.asarray(v, dtype=np.float64).reshape(shape)  # noqa: E731
-    with np.errstate(over="ignore"):
+    with np.errstate(all="ignore"):
         centred = (np.asarray(x, np.float64) * 0.5 - col(mean) * 0.5) / col(np.sqrt(np.asarray(var) + epsilon))
         return col(gamma) * centred * 2.0 + col(beta)
 
@@ -189,6 +197,13 @@ def check_against_reference(ref: Reference, x: np.ndarray, gamma: np.ndarray, be
                             dbeta: Optional[np.ndarray] = None) -> None:
     """A training forward's ``out`` and a backward's results against ``ref``, each within
     the rounding of ``x``'s dtype on the size of the terms it is made of."""
+    with np.errstate(all="ignore"):  # NaN and infinity in the inputs propagate into the sizes too
+        _check_against_reference(ref, x, gamma, beta, out, dout, dx, dgamma, dbeta)
+
+
+def _check_against_reference(ref: Reference, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                             out: Optional[np.ndarray], dout: Optional[np.ndarray], dx: Optional[np.ndarray],
+                             dgamma: Optional[np.ndarray], dbeta: Optional[np.ndarray]) -> None:
     dtype = x.dtype
     wobble = ulps_over_std(x, ref.std)
     x_std_max = np.abs(ref.x_std).max(axis=1)

@@ -193,6 +193,14 @@ def test_float64_constant_channel_near_the_largest_float(path) -> None:
     np.testing.assert_array_equal(bn.backward(np.ones(SHAPE)), 0.0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subnormal_data_on_every_path(path, dtype, rng) -> None:
+    tiny = float(np.finfo(dtype).smallest_subnormal)
+    x = (tiny * rng.integers(0, 1000, size=SHAPE)).astype(dtype)
+    x[:, 0] = 100 * tiny  # a constant channel
+    check_training(x, rng.standard_normal(SHAPE).astype(dtype), GAMMA, BETA, **path)
+
+
 def test_float64_spread_within_range_on_every_path(path, rng) -> None:
     x = 1e150 * rng.standard_normal(SHAPE)
     check_training(x, rng.standard_normal(SHAPE), GAMMA, BETA, **path)

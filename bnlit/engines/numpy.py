@@ -35,6 +35,7 @@ groups of blocks that threads work on at once (NumPy releases the GIL in its loo
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -43,7 +44,7 @@ from numpy.typing import NDArray
 
 from .._threads import run_split
 from .._validate import check_gradient_sums, check_statistics
-from ..stats import GradSums, Moments, Stats, input_grad_coefficients, is_centred, stats_from
+from ..stats import CENTRED_RATIO, GradSums, Moments, Stats, input_grad_coefficients, stats_from
 from ._base import Engine
 
 F64 = NDArray[np.float64]
@@ -157,23 +158,33 @@ def _channel_dot(a: Array, b: Array) -> F64:
 
 
 def _fits(dtype: np.dtype, mean: F64, factors: Sequence[F64] = (), terms: Sequence[F64] = ()) -> bool:
-    """Whether a kernel may use these per-channel numbers in the data's dtype (see COMFORT)."""
-    with np.errstate(all="ignore"):
-        if not np.all(np.abs(mean) < 2.0 ** MEAN_LIMIT[dtype]):
-            return False
-        if dtype == np.float64:
-            return True
-        low, high = 2.0**-COMFORT, 2.0**COMFORT
-        return all(bool(np.all((v == 0) | ((np.abs(v) >= low) & (np.abs(v) <= high)))) for v in factors) and all(
-            bool(np.all(np.abs(v) <= high)) for v in terms
-        )
+    """Whether a kernel may use these per-channel numbers in the data's dtype (see COMFORT).
+    Comparisons and ``abs`` raise no floating-point warnings, NaN included."""
+    if not (np.abs(mean) < 2.0 ** MEAN_LIMIT[dtype]).all():
+        return False
+    if dtype == np.float64:
+        return True
+    low, high = 2.0**-COMFORT, 2.0**COMFORT
+    return all(bool(((v == 0) | ((np.abs(v) >= low) & (np.abs(v) <= high))).all()) for v in factors) and all(
+        bool((np.abs(v) <= high).all()) for v in terms
+    )
 
 
 def _tiny(dtype: np.dtype) -> tuple[float, float]:
     """A variance and a mean below which squares of deviations may have underflowed
     in ``dtype`` (and the variance lost digits)."""
-    info = np.finfo(dtype)
-    return 2.0 ** (info.minexp + 26), 2.0 ** (info.minexp // 2 + info.nmant + 2)
+    return _TINY[np.dtype(dtype)]
+
+
+_TINY = {
+    np.dtype(t): (2.0 ** (np.finfo(t).minexp + 26), 2.0 ** (np.finfo(t).minexp // 2 + np.finfo(t).nmant + 2))
+    for t in (np.float32, np.float64)
+}
+#: Below this times the count, a sum of products of ``dout`` and ``x - mean`` may have
+#: lost digits to underflow.
+_TINY_PRODUCT = {np.dtype(t): 2.0 ** (np.finfo(t).minexp + 36) for t in (np.float32, np.float64)}
+_F64 = np.dtype(np.float64)
+_NONE = np.zeros(0, dtype=np.intp)
 
 
 def _row_blocks(x3: Array, channels: int) -> Iterator[slice]:
@@ -202,10 +213,10 @@ def exact_stats(x3: Array, chans: NDArray[np.intp]) -> tuple[F64, F64]:
         for rows in _row_blocks(x3, len(chans)):
             largest = np.maximum(largest, np.abs(x3[rows][:, chans]).max(axis=(0, 2)))
         exps = _exponents(largest)
-        down = np.ldexp(1.0, -exps)[:, None]
+        down = -exps[:, None]  # ldexp of the data itself: 2**-e alone overflows for subnormal data
         count, mean, m2 = 0, np.zeros(len(chans)), np.zeros(len(chans))
         for rows in _row_blocks(x3, len(chans)):
-            block = x3[rows][:, chans].astype(np.float64) * down
+            block = np.ldexp(x3[rows][:, chans].astype(np.float64), down)
             n_block = block.shape[0] * s
             first = block[0, :, :1].copy()
             block -= first  # about the first value: a constant channel's mean comes out exact
@@ -227,11 +238,9 @@ def _checked_stats(x3: Array, mean: F64, var: F64) -> tuple[F64, F64]:
     overflow or NaN data; or so small that squares may have underflowed)
     computed again by :func:`exact_stats`."""
     small_var, small_mean = _tiny(x3.dtype)
-    with np.errstate(all="ignore"):
-        unsure = np.flatnonzero(
-            ~(np.isfinite(mean) & np.isfinite(var)) | ((var < small_var) & (np.abs(mean) < small_mean))
-        )
-    if unsure.size:
+    mask = ~(np.isfinite(mean) & np.isfinite(var)) | ((var < small_var) & (np.abs(mean) < small_mean))
+    if mask.any():
+        unsure = np.flatnonzero(mask)
         mean, var = mean.copy(), var.copy()
         mean[unsure], var[unsure] = exact_stats(x3, unsure)
     return mean, var
@@ -311,11 +320,11 @@ def channel_stats_blockwise(x3: Array) -> tuple[F64, F64]:
 def normalize(x3: Array, mean: F64, scale: F64, shift: F64, out3: Array, centred: bool) -> None:
     """``out3 = (x3 - mean) * scale + shift``, per channel, block by block."""
     with np.errstate(all="ignore"):
-        fits = _fits(x3.dtype, mean, (scale,), (shift, mean * scale))
-    if not fits:
+        mean_scale = mean * scale
+    if not _fits(x3.dtype, mean, (scale,), (shift, mean_scale)):
         _normalize_f64(x3, mean, scale, shift, out3)
     elif centred:
-        scale_c, offset_c = _per_channel(scale, x3), _per_channel(shift - mean * scale, x3)
+        scale_c, offset_c = _per_channel(scale, x3), _per_channel(shift - mean_scale, x3)
 
         def work(blocks: Sequence[Block]) -> None:
             for rows, chans in blocks:
@@ -398,10 +407,13 @@ def _unsure_grad_sums(
 ) -> NDArray[np.intp]:
     """Channels whose gradient sums are not finite, or so small that products of
     ``dout`` and ``x - mean`` may have underflowed in ``dtype``."""
-    small = count * 2.0 ** (np.finfo(dtype).minexp + 36)
+    small = count * _TINY_PRODUCT[np.dtype(dtype)]
     size = np.abs(sum_dout_xmu)
+    if math.isfinite(sum_dout.sum() + size.sum()) and size.min() >= small:
+        return _NONE  # the common case, in three reductions
     tiny = (size < small) & ((size > 0) if zero_is_sure else True)
-    return np.flatnonzero(~(np.isfinite(sum_dout) & np.isfinite(sum_dout_xmu)) | tiny)
+    mask = ~(np.isfinite(sum_dout) & np.isfinite(sum_dout_xmu)) | tiny
+    return np.flatnonzero(mask) if mask.any() else _NONE
 
 
 def exact_grad_sums(x3: Array, dout3: Array, mean: F64, chans: NDArray[np.intp]) -> tuple[F64, F64]:
@@ -416,11 +428,10 @@ def exact_grad_sums(x3: Array, dout3: Array, mean: F64, chans: NDArray[np.intp])
             largest_d = np.maximum(largest_d, np.abs(dout3[rows][:, chans]).max(axis=(0, 2)))
             largest_e = np.maximum(largest_e, np.abs(x3[rows][:, chans] - m).max(axis=(0, 2)))
         exp_d, exp_e = _exponents(largest_d), _exponents(largest_e)
-        down_d, down_e = np.ldexp(1.0, -exp_d)[:, None], np.ldexp(1.0, -exp_e)[:, None]
         s1, s2 = np.zeros(len(chans)), np.zeros(len(chans))
         for rows in _row_blocks(x3, len(chans)):
-            d = dout3[rows][:, chans].astype(np.float64) * down_d
-            e = (x3[rows][:, chans] - m) * down_e
+            d = np.ldexp(dout3[rows][:, chans].astype(np.float64), -exp_d[:, None])
+            e = np.ldexp(x3[rows][:, chans] - m, -exp_e[:, None])
             s1 += d.sum(axis=(0, 2))
             s2 += np.einsum("ncs,ncs->c", d, e)
         bad = ~(np.isfinite(largest_d) & np.isfinite(largest_e))
@@ -481,11 +492,11 @@ def _is_small(x3: Array) -> bool:
 def _strictly_centred(stats: Stats) -> Stats:
     """``stats`` centred only if the mean lies within a few spreads of the data itself.
 
-    :func:`bnlit.stats.is_centred` measures the mean against ``sqrt(var + epsilon)``;
+    :func:`bnlit.stats.is_centred` (the rule restated here) measures the mean against ``sqrt(var + epsilon)``;
     for a batch whose variance is far below ``epsilon`` the outputs are far smaller
     than that, and ``x * scale + (shift - mean * scale)`` would cancel them away.
     """
-    if stats.centred and not is_centred(stats.mean, np.sqrt(stats.var)):
+    if stats.centred and not (np.abs(stats.mean) <= CENTRED_RATIO * np.sqrt(stats.var)).all():
         return dataclasses.replace(stats, centred=False)
     return stats
 
@@ -533,12 +544,14 @@ class NumpyEngine(Engine):
             # The deviations' own mean is the error of ``mean`` (float64 cannot hold the
             # mean of, say, eleven copies of 8.3e165): where it is not negligible against
             # the spread (above a millionth of it), the channel is taken again exactly.
-            drift = centred_x.mean(axis=(0, 2))
-            inexact = np.flatnonzero((drift != 0) & ~(drift * drift <= 2.0**-40 * var))
-            if inexact.size:
-                new_mean[inexact], new_var[inexact] = exact_stats(xf, inexact)
-            redo = np.flatnonzero((new_mean != mean) | (new_var != var))
-            if redo.size:
+            drift = np.add.reduce(centred_x, axis=(0, 2)) / (x3.shape[0] * x3.shape[2])
+            inexact = (drift != 0) & ~(drift * drift <= 2.0**-40 * var)
+            if inexact.any():
+                chans = np.flatnonzero(inexact)
+                new_mean[chans], new_var[chans] = exact_stats(xf, chans)
+            changed = (new_mean != mean) | (new_var != var)
+            if changed.any():
+                redo = np.flatnonzero(changed)
                 mean, var = new_mean, new_var
                 centred_x[:, redo] = xf[:, redo] - mean[redo, None]
             inv_std = 1.0 / np.sqrt(var + epsilon)
@@ -559,7 +572,7 @@ class NumpyEngine(Engine):
             sum_dout = dout3.sum(axis=(0, 2), dtype=np.float64)
             sum_dout_xmu = np.einsum("ncs,ncs->c", dout3, centred_x)
             count = x3.shape[0] * x3.shape[2]
-            unsure = _unsure_grad_sums(np.dtype(np.float64), count, sum_dout, sum_dout_xmu, zero_is_sure=True)
+            unsure = _unsure_grad_sums(_F64, count, sum_dout, sum_dout_xmu, zero_is_sure=True)
             if unsure.size:
                 sum_dout[unsure], sum_dout_xmu[unsure] = exact_grad_sums(x3, dout3, stats.mean, unsure)
         check_gradient_sums((sum_dout, sum_dout_xmu), stats.mean, dout3)
