@@ -151,7 +151,7 @@ def staged_forward(
     shape[1] = x.shape[1]
     gamma_b = np.reshape(gamma, shape).astype(np.float64)
     beta_b = np.reshape(beta, shape).astype(np.float64)
-    xf = np.asarray(x, dtype=np.float64)  # every node in float64 (no copy for float64 input)
+    xf = np.asanyarray(x, dtype=np.float64)  # every node in float64 (no copy for float64 input)
 
     with np.errstate(over="ignore", invalid="ignore"):  # too large a variance is the caller's to refuse
         mu = _mean(xf, axes)  # step (2)
