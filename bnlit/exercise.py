@@ -339,6 +339,9 @@ def _child(cls: type, scenarios: tuple[_Scenario, ...], seconds: float, conn: An
     """The child process: play each scenario under its own alarm and send its record;
     never write to the caller's streams."""
     gc.disable()  # a full collection would touch, and so copy, every page the child shares with its parent
+    # A learner's class may wrap bnlit: in a forked child, the compiled engine's threads
+    # (OpenMP) would hang once the parent has started them, so layers here use NumPy.
+    os.environ["BNLIT_ENGINE"] = "numpy"
     faulthandler.disable()  # a crash is reported by its exit status, not on the caller's stderr
     files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
     for fd, file in zip((1, 2), files):  # output below Python's sys.stdout (C code, os.write)
@@ -505,7 +508,7 @@ def _expected(s: _Scenario) -> dict[tuple[int, str], np.ndarray]:
     want |= {(_BACKWARD, name): getattr(b, name) for name in _BACKWARD_LOCALS}
     want[_TRAIN, "x"], want[_TRAIN, "rows out"] = _to_rows(s.x), f.out
     want[_BACKWARD, "dout"], want[_BACKWARD, "rows dx"] = _to_rows(s.dout), b.dx
-    layer = BatchNormalization(s.gamma, s.beta, _RHO, epsilon=_EPSILON)
+    layer = BatchNormalization(s.gamma, s.beta, _RHO, epsilon=_EPSILON, engine="numpy")  # fork-safe, and tiny inputs
     want[_TRAIN, "out"] = layer.forward(s.x, train_flg=True)
     want[_TRAIN, "moving_mean"] = np.asarray(layer.moving_mean)
     want[_TRAIN, "moving_var"] = np.asarray(layer.moving_var)

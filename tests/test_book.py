@@ -255,6 +255,6 @@ def test_references_page_lists_every_work(book: Path) -> None:
 def test_every_reference_is_cited_and_every_citation_exists() -> None:
     bib = (DOCS / "references.bib").read_text(encoding="utf-8")
     assert sorted(re.findall(r"^@\w+\{(\w+),", bib, re.M)) == sorted(BIB_KEYS)
-    cited = {key for path in DOCS.glob("*.md") for key in re.findall(r"\{cite\}`([^`]+)`", path.read_text(encoding="utf-8"))}
+    cited = {key for path in DOCS.glob("*.md") for key in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", path.read_text(encoding="utf-8"))}
     cited = {key.strip() for group in cited for key in group.split(",")}
     assert cited == set(BIB_KEYS), cited ^ set(BIB_KEYS)
