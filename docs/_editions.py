@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import re
 from collections.abc import Callable
 from functools import lru_cache
@@ -88,6 +89,8 @@ def figure(draw: Callable[[Callable[[str], str]], mpl.figure.Figure]) -> None:
     the figure's words.
     """
     images = []
+    # IPAexGothic has no bold face: Matplotlib logs that it uses the regular one.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     for lang in LANGUAGES:
         with mpl.rc_context(_font_for(lang)):
             fig = draw(translator(lang))

@@ -39,6 +39,7 @@ class _Prose(HTMLParser):
         a = dict(attrs)
         classes = set((a.get("class") or "").split())
         skipped = tag in SKIP_TAGS or bool(classes & SKIP_CLASSES) or " ".join(sorted(classes)) in SKIP_CLASSES
+        skipped = skipped or tag == "footer" or any("footer" in c for c in classes)  # the theme's footer
         if a.get("lang") == "en" or a.get("aria-hidden") == "true" or "hidden" in a:
             skipped = True
         self.stack.append((tag, skipped))

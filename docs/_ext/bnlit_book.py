@@ -128,7 +128,18 @@ def glue_in_translations() -> None:
         role.run = run
 
 
+#: MyST-NB's buttons for hidden code, per edition (its defaults are English).
+CODE_PROMPTS = {"ja": ("コードを表示", "コードを隠す")}
+
+
+def localize_code_prompts(app: Any, config: Any) -> None:
+    """The show/hide buttons of hidden code cells in the edition's language."""
+    if config.language in CODE_PROMPTS:
+        config.nb_code_prompt_show, config.nb_code_prompt_hide = CODE_PROMPTS[config.language]
+
+
 def setup(app: Any) -> dict[str, Any]:
+    app.connect("config-inited", localize_code_prompts)
     # Before the theme's own handler (priority 500) builds the download menu.
     app.connect("html-page-context", offer_notebook_download, priority=400)
     glue_in_translations()
