@@ -130,12 +130,15 @@ def glue_in_translations() -> None:
 
 #: MyST-NB's buttons for hidden code, per edition (its defaults are English).
 CODE_PROMPTS = {"ja": ("コードを表示", "コードを隠す")}
+#: The book's title, per edition.
+TITLES = {"ja": "bnlit：バッチ正規化を導出し、検証する"}
 
 
 def localize_code_prompts(app: Any, config: Any) -> None:
-    """The show/hide buttons of hidden code cells in the edition's language."""
+    """The show/hide buttons of hidden code cells, and the title, in the edition's language."""
     if config.language in CODE_PROMPTS:
         config.nb_code_prompt_show, config.nb_code_prompt_hide = CODE_PROMPTS[config.language]
+    config.html_title = TITLES.get(config.language, config.html_title)
 
 
 def setup(app: Any) -> dict[str, Any]:
