@@ -246,8 +246,9 @@ class LayerMachine(RuleBasedStateMachine):
                                   moving_var=None if mv is None else mv.value, **kw)
 
     # ---------------------------------------------------------------- construction
-    @initialize(channels=st.integers(1, 3), data=st.data())
-    def construct_first(self, channels: int, data: st.DataObject) -> None:
+    @initialize(channels=st.integers(1, 3), path=st.sampled_from(list(PATHS)), data=st.data())
+    def construct_first(self, channels: int, path: str, data: st.DataObject) -> None:
+        kernels.SMALL_BYTES, kernels.BLOCK_BYTES = PATHS[path]
         gamma = Vec(np.round(np.array(data.draw(st.lists(st.floats(-3, 3), min_size=channels, max_size=channels))), 3), channels)
         self.m = Model(channels, gamma, Vec(np.zeros(channels), channels), (0.9, True), (1e-8, True),
                        {"staged": (data.draw(st.booleans()), True), "unbiased_moving_var": (False, True),
