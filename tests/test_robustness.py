@@ -206,6 +206,20 @@ def test_float64_spread_within_range_on_every_path(path, rng) -> None:
     check_training(x, rng.standard_normal(SHAPE), GAMMA, BETA, **path)
 
 
+@pytest.mark.parametrize("block_bytes", [None, 64], ids=["rows", "split-rows"])
+def test_float64_large_mean_small_spread_statistics_on_every_path(path, block_bytes, monkeypatch, rng) -> None:
+    """Found by the long stateful run: blocks merged as absolute means put an ulp of 1e109
+    (a millionth of the spread) into the variance; merged as offsets they do not."""
+    if block_bytes is not None:
+        monkeypatch.setattr(kernels, "BLOCK_BYTES", block_bytes)
+    x = 1e109 + 1e99 * rng.standard_normal(SHAPE)
+    bn = BatchNormalization(GAMMA, BETA, **path)
+    bn.forward(x)
+    ref = reference_training(x, GAMMA, BETA, bn.epsilon)
+    np.testing.assert_allclose(bn.var, ref.var, rtol=1e-11)
+    np.testing.assert_allclose(bn.mean, ref.mean, rtol=1e-15)
+
+
 def test_float64_variance_too_large_is_refused(path, rng) -> None:
     bn = BatchNormalization(GAMMA, BETA, **path)
     bn.forward(rng.standard_normal(SHAPE))

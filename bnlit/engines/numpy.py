@@ -214,15 +214,16 @@ def exact_stats(x3: Array, chans: NDArray[np.intp]) -> tuple[F64, F64]:
             largest = np.maximum(largest, np.abs(x3[rows][:, chans]).max(axis=(0, 2)))
         exps = _exponents(largest)
         down = -exps[:, None]  # ldexp of the data itself: 2**-e alone overflows for subnormal data
-        count, mean, m2 = 0, np.zeros(len(chans)), np.zeros(len(chans))
+        count, mean, m2 = 0, np.zeros(len(chans)), np.zeros(len(chans))  # mean: about origin
+        # Everything about each channel's first value: a constant channel's mean comes out
+        # exact, and block means merge as offsets (their rounding stays below the spread's).
+        origin = np.ldexp(x3[0, chans, 0].astype(np.float64), -exps)
         for rows in _row_blocks(x3, len(chans)):
             block = np.ldexp(x3[rows][:, chans].astype(np.float64), down)
             n_block = block.shape[0] * s
-            first = block[0, :, :1].copy()
-            block -= first  # about the first value: a constant channel's mean comes out exact
-            offset = block.mean(axis=(0, 2))
-            block -= offset[:, None]
-            block_mean = first[:, 0] + offset
+            block -= origin[:, None]
+            block_mean = block.mean(axis=(0, 2))
+            block -= block_mean[:, None]
             total = count + n_block
             delta = block_mean - mean
             mean += delta * (n_block / total)
@@ -230,7 +231,7 @@ def exact_stats(x3: Array, chans: NDArray[np.intp]) -> tuple[F64, F64]:
             count = total
         bad = ~np.isfinite(largest)
         mean[bad] = m2[bad] = np.nan
-        return np.ldexp(mean, exps), np.ldexp(m2 / count, 2 * exps)
+        return np.ldexp(origin + mean, exps), np.ldexp(m2 / count, 2 * exps)
 
 
 def _checked_stats(x3: Array, mean: F64, var: F64) -> tuple[F64, F64]:
@@ -295,9 +296,12 @@ def channel_stats_blockwise(x3: Array) -> tuple[F64, F64]:
     """
     channels, s = x3.shape[1], x3.shape[2]
     count = np.zeros(channels)
-    mean = np.zeros(channels)
+    mean = np.zeros(channels)  # about origin
     m2 = np.zeros(channels)
     scratch = _scratch(x3)
+    # Block means are merged as offsets from each channel's first value: merged as
+    # absolute values, their rounding (an ulp of a large mean) would enter the variance.
+    origin = x3[0, :, 0].astype(np.float64)
     with np.errstate(all="ignore"):
         for rows, chans in _blocks(x3):
             block = x3[rows, chans]
@@ -307,13 +311,14 @@ def channel_stats_blockwise(x3: Array) -> tuple[F64, F64]:
             # Exact moments about the (rounded) shift, corrected to the block's mean.
             s1 = _channel_sum(centred)
             block_m2 = _channel_dot(centred, centred) - s1 * s1 / n_block
-            block_mean = shift[:, 0].astype(np.float64) + s1 / n_block
+            block_mean = (shift[:, 0].astype(np.float64) - origin[chans]) + s1 / n_block
             total = count[chans] + n_block
             delta = block_mean - mean[chans]
             mean[chans] += delta * (n_block / total)
             m2[chans] += block_m2 + delta * delta * (count[chans] * n_block / total)
             count[chans] = total
         var = np.maximum(m2, 0.0) / count
+        mean = origin + mean
     return _checked_stats(x3, mean, var)
 
 
