@@ -12,15 +12,15 @@ Sums inside a block run in the data's dtype (NumPy sums a contiguous run
 pairwise); blocks are merged in float64, so float32 data keeps float32 speed
 with close to float64 accuracy. Per-channel results are float64.
 
-Extreme magnitudes never go wrong silently. A float32 block sum runs in
-float32 only while no square or product of the data can overflow or vanish
-into underflow: each kernel checks its per-channel results (or the constants
-it is about to use) and, for the channels where they leave that range, works
-again in float64 (:func:`exact_stats`, :func:`exact_grad_sums`, or a float64
-pass over the blocks). Every float32 input is thus computed as in float64.
-float64 data whose squares overflow is scaled by a power of two per channel
-first; a variance that does not fit in float64 at all is left as ``inf`` for
-the layer to refuse.
+Extreme magnitudes never go wrong silently. Each kernel checks its
+per-channel results (or the constants it is about to use): where a float32
+square or product could have overflowed or lost digits to underflow, or a
+float64 sum overflowed, those channels are computed again in float64, scaled
+by a power of two per channel (:func:`exact_stats`, :func:`exact_grad_sums`,
+or a float64 pass over the blocks). So any finite float32 input gets the
+accuracy it gets in the ordinary range. Statistics that do not fit in
+float64 at all are refused (:func:`bnlit._validate.check_statistics`) before
+anything is written.
 
 Inputs of at most ``SMALL_BYTES`` take a plain path instead: whole-array
 operations in float64, keeping the centred input for the backward pass. There
