@@ -171,6 +171,15 @@ def test_float32_tiny_values_with_a_tiny_epsilon_on_every_path(path, rng) -> Non
     check_training(x, dout, GAMMA, BETA, epsilon=1e-70, **path)
 
 
+def test_float32_backward_whose_terms_leave_float32_range_on_every_path(path, rng) -> None:
+    """Found by the long stateful run: epsilon 1e-300 and a batch spread of 1e-17 make
+    1 / std about 1e17, so dx's terms (1e47) leave float32 while dx itself is small;
+    float32 rounding of the sums then overflowed to inf."""
+    x = (1e-17 * rng.standard_normal(SHAPE)).astype(np.float32)
+    dout = (1e30 * (1 + 1e-3 * rng.standard_normal(SHAPE))).astype(np.float32)
+    check_training(x, dout, GAMMA, BETA, epsilon=1e-300, **path)
+
+
 def test_float32_prediction_with_extreme_moving_statistics_on_every_path(path, rng) -> None:
     x = np.clip(3e38 * rng.standard_normal(SHAPE), -3.4e38, 3.4e38).astype(np.float32)
     mean, var = np.array([-3e38, 0.0, 3e38]), np.full(3, 1e76)

@@ -450,7 +450,7 @@ def input_grad(
     """``out3 = scale * (dout3 + slope * (x3 - mean) + offset)``, per channel, block by block."""
     with np.errstate(all="ignore"):
         # offset is added before the final product: it must be a normal float32 too
-        if not _fits(x3.dtype, mean, (scale, slope, offset, offset - slope * mean), (slope * mean,)):
+        if not _fits(x3.dtype, mean, (scale, slope, offset, offset - slope * mean), (slope * mean, scale * offset)):
             return _input_grad_f64(x3, dout3, mean, scale, slope, offset, out3)
         scale_c, slope_c = _per_channel(scale, x3), _per_channel(slope, x3)
         mean_hi, lo = _split(mean, x3)
@@ -492,6 +492,27 @@ def _input_grad_f64(
 # ------------------------------------------------------------------ the engine
 def _is_small(x3: Array) -> bool:
     return x3.nbytes <= SMALL_BYTES
+
+
+def _exact_where_terms_are_large(x3: Array, dout3: Array, stats: Stats, gamma: F64, sums: GradSums) -> GradSums:
+    """float32 gradient sums taken again exactly where ``dx``'s terms leave float32's range.
+
+    ``dx = scale * (dout + slope * (x - mean) + offset)`` can be small while its
+    terms are beyond float32 (a tiny epsilon, a huge dout); the float32 sums' rounding,
+    a few ulps of those terms, would then overflow. In float64 (here and in
+    :func:`input_grad`, which sees the same terms) it stays a rounding error.
+    """
+    count = x3.shape[0] * x3.shape[2]
+    with np.errstate(all="ignore"):
+        scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
+        terms = np.abs(scale) * (np.abs(offset) + np.abs(slope) * np.sqrt(stats.var * count))
+        large = ~(terms <= 2.0**COMFORT)
+    if not large.any():
+        return sums
+    chans = np.flatnonzero(large)
+    sum_dout, sum_dout_xmu = sums.sum_dout.copy(), sums.sum_dout_xmu.copy()
+    sum_dout[chans], sum_dout_xmu[chans] = exact_grad_sums(x3, dout3, stats.mean, chans)
+    return GradSums(sum_dout, sum_dout_xmu)
 
 
 def _strictly_centred(stats: Stats) -> Stats:
@@ -569,6 +590,8 @@ class NumpyEngine(Engine):
         if centred_x is None:
             stats = _strictly_centred(stats)
             sums = self.grad_sums(x3, dout3, stats.mean, stats.centred)
+            if x3.dtype == np.float32:
+                sums = _exact_where_terms_are_large(x3, dout3, stats, gamma, sums)
             check_gradient_sums(sums, stats.mean, dout3)
             self.input_grad_from(x3, dout3, stats, gamma, sums, out3)
             return sums
