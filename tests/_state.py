@@ -108,14 +108,15 @@ def _reference_training(
 def reference_prediction(
     x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, epsilon: float
 ) -> np.ndarray:
-    """``gamma * (x - mean) / sqrt(var + epsilon) + beta`` per channel, in float64 (on halves,
-    so that ``x - mean`` cannot overflow)."""
+    """``gamma / sqrt(var + epsilon) * (x - mean) + beta`` per channel, in float64 (on halves,
+    so that ``x - mean`` cannot overflow; a zero scale gives exactly ``beta``)."""
     shape = [1] * x.ndim
     shape[1] = -1
     col = lambda v: np.asarray(v, dtype=np.float64).reshape(shape)  # noqa: E731
     with np.errstate(all="ignore"):
-        centred = (np.asarray(x, np.float64) * 0.5 - col(mean) * 0.5) / col(np.sqrt(np.asarray(var) + epsilon))
-        return col(gamma) * centred * 2.0 + col(beta)
+        scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + epsilon)
+        out = (np.asarray(x, np.float64) * 0.5 - col(mean) * 0.5) * col(scale) * 2.0 + col(beta)
+        return np.where(col(scale) == 0, col(beta), out)  # gamma = 0: exactly beta
 
 
 def channel_max(a: np.ndarray) -> np.ndarray:
