@@ -258,6 +258,23 @@ def check_gradient_sums(sums: Iterable[Array], mean: F64, dout: Array, gamma: Op
         )
 
 
+def check_float32_terms(dtype: np.dtype, scale: F64, slope: F64, offset: F64, var: F64, count: int) -> None:
+    """A float32 ``dx`` whose terms (``scale * dout`` and the like) exceed float32's range
+    by more than float64's precision cannot come out right even with float64 sums: their
+    rounding alone overflows float32. Refuse it (a tiny epsilon with a batch of tiny spread,
+    or a huge dout), rather than return inf for what may be a small gradient."""
+    if dtype != np.float32:
+        return
+    with np.errstate(all="ignore"):
+        terms = np.abs(scale) * (np.abs(offset) + np.abs(slope) * np.sqrt(var * count))
+    large = ~(terms <= 2.0**176) & np.isfinite(scale) & np.isfinite(offset)
+    if np.any(large):
+        raise ValueError(
+            f"dx cannot be computed in float32 in {_channels(large)}: its terms (gamma / std times "
+            f"dout) exceed float32's range too far; use float64 data, a larger epsilon or a smaller dout"
+        )
+
+
 def check_staged_nodes(nodes: dict[str, Array], std: Array, x_mu: Array, path_2: Array) -> None:
     """The staged backward's per-channel chain (each node the one before divided by
     ``std`` or ``n``) must stay in float64's normal range where it matters: a node

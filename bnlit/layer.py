@@ -20,6 +20,7 @@ from ._validate import (
     as_grad,
     check_epsilon,
     check_flag,
+    check_float32_terms,
     check_gradient_sums,
     check_fraction,
     check_moving,
@@ -495,4 +496,9 @@ class BatchNormalization(SeedIntermediates):
                  "grad_x_mu_sq": steps.grad_x_mu_sq}
         check_gradient_sums((steps.dbeta, steps.dgamma, steps.grad_mu, *chain.values()), cache.stats.mean, grad, gamma)
         check_staged_nodes(chain, cache.steps.std, cache.steps.x_mu, steps.grad_x_mu_1)
+        n = cache.steps.n
+        with _quiet():
+            slope = -np.ravel(steps.dgamma) * cache.stats.inv_std / n
+            check_float32_terms(cache.x.dtype, gamma * cache.stats.inv_std, slope, -np.ravel(steps.dbeta) / n,
+                                cache.stats.var, n)
         return steps

@@ -180,6 +180,15 @@ def test_float32_backward_whose_terms_leave_float32_range_on_every_path(path, rn
     check_training(x, dout, GAMMA, BETA, epsilon=1e-300, **path)
 
 
+def test_float32_backward_whose_terms_leave_even_float64_precision_is_refused(path, rng) -> None:
+    """Found by the long stateful run: a spread of 1e-32, epsilon 1e-300 and dout 1e27 put
+    dx's terms at 1e59, so that even float64 rounding of them overflows float32: refused."""
+    x = (1e-32 * rng.standard_normal(SHAPE)).astype(np.float32)
+    bn = BatchNormalization(GAMMA, BETA, epsilon=1e-300, **path)
+    bn.forward(x)
+    refused(bn, lambda: bn.backward(np.full(SHAPE, 1e27, np.float32)), ValueError, "float32", "epsilon")
+
+
 def test_float32_prediction_with_extreme_moving_statistics_on_every_path(path, rng) -> None:
     x = np.clip(3e38 * rng.standard_normal(SHAPE), -3.4e38, 3.4e38).astype(np.float32)
     mean, var = np.array([-3e38, 0.0, 3e38]), np.full(3, 1e76)

@@ -43,7 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._threads import run_split
-from .._validate import check_gradient_sums, check_statistics
+from .._validate import check_float32_terms, check_gradient_sums, check_statistics
 from ..stats import CENTRED_RATIO, GradSums, Moments, Stats, input_grad_coefficients, stats_from
 from ._base import Engine
 
@@ -509,6 +509,7 @@ def _exact_where_terms_are_large(x3: Array, dout3: Array, stats: Stats, gamma: F
         large = ~(terms <= 2.0**COMFORT)
     if not large.any():
         return sums
+    check_float32_terms(x3.dtype, scale, slope, offset, stats.var, count)  # beyond even float64's help
     chans = np.flatnonzero(large)
     sum_dout, sum_dout_xmu = sums.sum_dout.copy(), sums.sum_dout_xmu.copy()
     sum_dout[chans], sum_dout_xmu[chans] = exact_grad_sums(x3, dout3, stats.mean, chans)
@@ -605,7 +606,9 @@ class NumpyEngine(Engine):
                 sum_dout[unsure], sum_dout_xmu[unsure] = exact_grad_sums(x3, dout3, stats.mean, unsure)
         check_gradient_sums((sum_dout, sum_dout_xmu), stats.mean, dout3)
         sums = GradSums(sum_dout, sum_dout_xmu)
-        scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
+        with np.errstate(all="ignore"):
+            scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
+        check_float32_terms(x3.dtype, scale, slope, offset, stats.var, count)
         grad = centred_x * slope[:, None]
         grad += dout3
         grad += offset[:, None]
