@@ -167,9 +167,11 @@ class BatchNormalization(SeedIntermediates):
                          ``moving_var`` non-negative                  variance
     ``train_flg`` and    ``True`` or ``False`` (NumPy bools too)      ``TypeError``: anything else, such as
     the flags                                                         ``"False"``, ``0`` or ``None``
-    range                float32: any finite values. float64: a       ``ValueError``: a larger variance, or
-                         batch variance below ``2**1000`` (about      gradient sums that overflow float64
-                         ``1e301``)
+    range                float32: any finite values. float64: a       ``ValueError``: a larger variance, a
+                         batch variance below ``2**1000`` (about      ``var + epsilon`` below ``2**-1000``,
+                         ``1e301``)                                   gradient sums that overflow float64, a
+                                                                      float32 ``dx`` whose terms exceed float32
+                                                                      by more than float64's precision
     ===================  ===========================================  ==========================================
 
     Extreme magnitudes are computed right: float32 data is computed with
