@@ -184,7 +184,9 @@ def staged_nodes_out_of_range(ref, x: np.ndarray, dout: np.ndarray, gamma: np.nd
     d, x_mu = np.abs(by_channel(dout)).max(axis=1), np.abs(ref.x_std).max(axis=1) * ref.std
     a1 = np.abs(gamma) * d
     a2 = a1 / ref.std
-    a3 = np.abs(gamma * ref.dgamma) * ref.std
+    # grad_std_inv = sum(a1 * x_mu): exact value, or its rounding noise when that is larger
+    noise = 2.0**-52 * np.abs(gamma) * np.abs(by_channel(dout)).sum(axis=1) * x_mu
+    a3 = np.maximum(np.abs(gamma * ref.dgamma) * ref.std, noise)
     a4 = a3 / ref.std**2
     a5 = a4 / (2 * ref.std)
     a6 = a5 / n
@@ -192,7 +194,7 @@ def staged_nodes_out_of_range(ref, x: np.ndarray, dout: np.ndarray, gamma: np.nd
     products = [a1 * x_mu, d * np.abs(ref.x_std).max(axis=1), n * d]  # the terms the staged sums add
     nodes = [a1, a2, a3, a4, a5, a6, a7, n * (a2 + a7), *products]
     large = any(bool(np.any(~(v < 1e300))) for v in nodes)
-    small = any(bool(np.any((v < 1e-290) & (ref.dgamma != 0))) for v in (a4, a5, a6))
+    small = any(bool(np.any((v < 1e-290) & (a3 != 0))) for v in (a4, a5, a6))
     return large or small
 
 
