@@ -20,7 +20,7 @@ from ._validate import (
     as_grad,
     check_epsilon,
     check_flag,
-    check_float32_terms,
+    check_result_terms,
     check_gradient_sums,
     check_fraction,
     check_moving,
@@ -501,6 +501,6 @@ class BatchNormalization(SeedIntermediates):
         n = cache.steps.n
         with _quiet():
             slope = -np.ravel(steps.dgamma) * cache.stats.inv_std / n
-            check_float32_terms(cache.x.dtype, gamma * cache.stats.inv_std, slope, -np.ravel(steps.dbeta) / n,
+            check_result_terms(cache.x.dtype, gamma * cache.stats.inv_std, slope, -np.ravel(steps.dbeta) / n,
                                 cache.stats.var, n)
         return steps

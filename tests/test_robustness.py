@@ -189,6 +189,14 @@ def test_float32_backward_whose_terms_leave_even_float64_precision_is_refused(pa
     refused(bn, lambda: bn.backward(np.full(SHAPE, 1e27, np.float32)), ValueError, "float32", "epsilon")
 
 
+def test_float64_backward_whose_terms_overflow_is_refused(path, rng) -> None:
+    """Found by the stateful hunt: epsilon 1e-300 with a spread of 1e-188 makes 1 / std 1e150;
+    with dout 1e300, dx's terms (1e449) leave float64 though dx is 0: refused, not NaN."""
+    bn = BatchNormalization(GAMMA, BETA, epsilon=1e-300, **path)
+    bn.forward(1e-188 * rng.standard_normal(SHAPE))
+    refused(bn, lambda: bn.backward(np.full(SHAPE, -1e300)), ValueError, "float64")
+
+
 def test_float32_prediction_with_extreme_moving_statistics_on_every_path(path, rng) -> None:
     x = np.clip(3e38 * rng.standard_normal(SHAPE), -3.4e38, 3.4e38).astype(np.float32)
     mean, var = np.array([-3e38, 0.0, 3e38]), np.full(3, 1e76)

@@ -464,10 +464,10 @@ class LayerMachine(RuleBasedStateMachine):
                 may_refuse = max(float(np.max(s)) for s in sums) > 1e300 or float(np.max(np.abs(grad))) > 1e290
                 if m.last_staged:  # a staged node may not fit in float64 where dx does
                     may_refuse |= staged_nodes_out_of_range(ref, x, grad, gamma)
-                if x.dtype == np.float32:  # dx's terms beyond float32 by more than float64's precision
-                    n = x.size // x.shape[1]
-                    terms = np.abs(gamma) / ref.std * (np.abs(ref.dbeta) / n + np.abs(ref.dgamma) / np.sqrt(n))
-                    may_refuse |= bool(np.any(~(terms < 2.0**170)))
+                # dx's terms beyond float64, or float32 by more than float64's precision
+                n = x.size // x.shape[1]
+                terms = np.abs(gamma) / ref.std * (np.abs(ref.dbeta) / n + np.abs(ref.dgamma) / np.sqrt(n))
+                may_refuse |= bool(np.any(~(terms < (2.0**170 if x.dtype == np.float32 else 1e300))))
             except Unrepresentable:
                 may_refuse = True
         dx = self.refused_or_done(lambda: bn.backward(b.given, out=out), valid, "backward", may_refuse)

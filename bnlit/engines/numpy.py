@@ -43,7 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._threads import run_split
-from .._validate import check_float32_terms, check_gradient_sums, check_statistics
+from .._validate import check_result_terms, check_gradient_sums, check_statistics
 from ..stats import CENTRED_RATIO, GradSums, Moments, Stats, input_grad_coefficients, stats_from
 from ._base import Engine
 
@@ -509,7 +509,7 @@ def _exact_where_terms_are_large(x3: Array, dout3: Array, stats: Stats, gamma: F
         large = ~(terms <= 2.0**COMFORT)
     if not large.any():
         return sums
-    check_float32_terms(x3.dtype, scale, slope, offset, stats.var, count)  # beyond even float64's help
+    check_result_terms(x3.dtype, scale, slope, offset, stats.var, count)  # beyond even float64's help
     chans = np.flatnonzero(large)
     sum_dout, sum_dout_xmu = sums.sum_dout.copy(), sums.sum_dout_xmu.copy()
     sum_dout[chans], sum_dout_xmu[chans] = exact_grad_sums(x3, dout3, stats.mean, chans)
@@ -594,7 +594,11 @@ class NumpyEngine(Engine):
             if x3.dtype == np.float32:
                 sums = _exact_where_terms_are_large(x3, dout3, stats, gamma, sums)
             check_gradient_sums(sums, stats.mean, dout3)
-            self.input_grad_from(x3, dout3, stats, gamma, sums, out3)
+            count = x3.shape[0] * x3.shape[2]
+            with np.errstate(all="ignore"):
+                scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
+            check_result_terms(x3.dtype, scale, slope, offset, stats.var, count)
+            self.input_grad(x3, dout3, stats.mean, scale, slope, offset, out3, stats.centred)
             return sums
         # Plain path: the centred input is at hand.
         with np.errstate(all="ignore"):
@@ -608,7 +612,7 @@ class NumpyEngine(Engine):
         sums = GradSums(sum_dout, sum_dout_xmu)
         with np.errstate(all="ignore"):
             scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
-        check_float32_terms(x3.dtype, scale, slope, offset, stats.var, count)
+        check_result_terms(x3.dtype, scale, slope, offset, stats.var, count)
         grad = centred_x * slope[:, None]
         grad += dout3
         grad += offset[:, None]
