@@ -258,6 +258,23 @@ def check_gradient_sums(sums: Iterable[Array], mean: F64, dout: Array, gamma: Op
         )
 
 
+def check_result_terms(dtype: np.dtype, scale: F64, slope: F64, offset: F64, var: F64, count: int) -> None:
+    """Refuse a ``dx`` whose terms (``gamma / std`` times ``dout``, and the like) leave the
+    range it can be computed in: float64's, and for float32 data float32's by more than
+    float64's precision (their rounding alone would overflow float32). Then no answer in
+    ``dtype`` can be right, even where the exact ``dx`` is small (a tiny epsilon with a
+    batch of tiny spread, or a huge dout)."""
+    limit = 2.0**176 if dtype == np.float32 else float(np.finfo(np.float64).max)
+    with np.errstate(all="ignore"):
+        terms = np.abs(scale) * (np.abs(offset) + np.abs(slope) * np.sqrt(var * count))
+    large = ~(terms <= limit) & np.isfinite(scale) & np.isfinite(offset)
+    if np.any(large):
+        raise ValueError(
+            f"dx cannot be computed in {np.dtype(dtype)} in {_channels(large)}: its terms (gamma / std "
+            f"times dout) exceed the range too far; use float64 data, a larger epsilon or a smaller dout"
+        )
+
+
 def check_staged_nodes(nodes: dict[str, Array], std: Array, x_mu: Array, path_2: Array) -> None:
     """The staged backward's per-channel chain (each node the one before divided by
     ``std`` or ``n``) must stay in float64's normal range where it matters: a node

@@ -167,7 +167,10 @@ def staged_forward(
             mu = mu + np.where(inexact, drift, 0.0)
             x_mu = xf - mu
             x_mu_sq = x_mu**2
-            var = _mean(x_mu_sq, axes)
+            # Even corrected, mu is a float64 number, up to half an ulp of |x| from the mean:
+            # var is taken about the mean itself (corrected two-pass: minus that residual squared).
+            residual = np.where(inexact, _mean(x_mu, axes), 0.0)
+            var = np.maximum(_mean(x_mu_sq, axes) - residual * residual, 0.0)
         std = np.sqrt(var + epsilon)  # step (4)
         std_inv = 1 / std
         x_std = x_mu * std_inv

@@ -20,6 +20,7 @@ from ._validate import (
     as_grad,
     check_epsilon,
     check_flag,
+    check_result_terms,
     check_gradient_sums,
     check_fraction,
     check_moving,
@@ -168,9 +169,11 @@ class BatchNormalization(SeedIntermediates):
                          ``moving_var`` non-negative                  variance
     ``train_flg`` and    ``True`` or ``False`` (NumPy bools too)      ``TypeError``: anything else, such as
     the flags                                                         ``"False"``, ``0`` or ``None``
-    range                float32: any finite values. float64: a       ``ValueError``: a larger variance, or
-                         batch variance below ``2**1000`` (about      gradient sums that overflow float64
-                         ``1e301``)
+    range                float32: any finite values. float64: a       ``ValueError``: a larger variance, a
+                         batch variance below ``2**1000`` (about      ``var + epsilon`` below ``2**-1000``,
+                         ``1e301``)                                   gradient sums that overflow float64, a
+                                                                      float32 ``dx`` whose terms exceed float32
+                                                                      by more than float64's precision
     ===================  ===========================================  ==========================================
 
     Extreme magnitudes are computed right: float32 data is computed with
@@ -497,4 +500,9 @@ class BatchNormalization(SeedIntermediates):
                  "grad_x_mu_sq": steps.grad_x_mu_sq}
         check_gradient_sums((steps.dbeta, steps.dgamma, steps.grad_mu, *chain.values()), cache.stats.mean, grad, gamma)
         check_staged_nodes(chain, cache.steps.std, cache.steps.x_mu, steps.grad_x_mu_1)
+        n = cache.steps.n
+        with _quiet():
+            slope = -np.ravel(steps.dgamma) * cache.stats.inv_std / n
+            check_result_terms(cache.x.dtype, gamma * cache.stats.inv_std, slope, -np.ravel(steps.dbeta) / n,
+                                cache.stats.var, n)
         return steps

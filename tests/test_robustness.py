@@ -171,6 +171,32 @@ def test_float32_tiny_values_with_a_tiny_epsilon_on_every_path(path, rng) -> Non
     check_training(x, dout, GAMMA, BETA, epsilon=1e-70, **path)
 
 
+def test_float32_backward_whose_terms_leave_float32_range_on_every_path(path, rng) -> None:
+    """Found by the long stateful run: epsilon 1e-300 and a batch spread of 1e-17 make
+    1 / std about 1e17, so dx's terms (1e47) leave float32 while dx itself is small;
+    float32 rounding of the sums then overflowed to inf."""
+    x = (1e-17 * rng.standard_normal(SHAPE)).astype(np.float32)
+    dout = (1e30 * (1 + 1e-3 * rng.standard_normal(SHAPE))).astype(np.float32)
+    check_training(x, dout, GAMMA, BETA, epsilon=1e-300, **path)
+
+
+def test_float32_backward_whose_terms_leave_even_float64_precision_is_refused(path, rng) -> None:
+    """Found by the long stateful run: a spread of 1e-32, epsilon 1e-300 and dout 1e27 put
+    dx's terms at 1e59, so that even float64 rounding of them overflows float32: refused."""
+    x = (1e-32 * rng.standard_normal(SHAPE)).astype(np.float32)
+    bn = BatchNormalization(GAMMA, BETA, epsilon=1e-300, **path)
+    bn.forward(x)
+    refused(bn, lambda: bn.backward(np.full(SHAPE, 1e27, np.float32)), ValueError, "float32", "epsilon")
+
+
+def test_float64_backward_whose_terms_overflow_is_refused(path, rng) -> None:
+    """Found by the stateful hunt: epsilon 1e-300 with a spread of 1e-188 makes 1 / std 1e150;
+    with dout 1e300, dx's terms (1e449) leave float64 though dx is 0: refused, not NaN."""
+    bn = BatchNormalization(GAMMA, BETA, epsilon=1e-300, **path)
+    bn.forward(1e-188 * rng.standard_normal(SHAPE))
+    refused(bn, lambda: bn.backward(np.full(SHAPE, -1e300)), ValueError, "float64")
+
+
 def test_float32_prediction_with_extreme_moving_statistics_on_every_path(path, rng) -> None:
     x = np.clip(3e38 * rng.standard_normal(SHAPE), -3.4e38, 3.4e38).astype(np.float32)
     mean, var = np.array([-3e38, 0.0, 3e38]), np.full(3, 1e76)
@@ -204,6 +230,23 @@ def test_subnormal_data_on_every_path(path, dtype, rng) -> None:
 def test_float64_spread_within_range_on_every_path(path, rng) -> None:
     x = 1e150 * rng.standard_normal(SHAPE)
     check_training(x, rng.standard_normal(SHAPE), GAMMA, BETA, **path)
+
+
+@pytest.mark.parametrize("location, spread", [(1e109, 1e99), (1e90, 1e75)], ids=["ulp-1e-6", "ulp-1e-1"])
+@pytest.mark.parametrize("block_bytes", [None, 64], ids=["rows", "split-rows"])
+def test_float64_large_mean_small_spread_statistics_on_every_path(path, block_bytes, location, spread,
+                                                                   monkeypatch, rng) -> None:
+    """Found by the long stateful runs: blocks merged as absolute means put an ulp of the
+    mean into the variance; and the staged var node, taken about a float64 mu, carried
+    mu's rounding squared (20% off when the spread is a few ulps of the mean)."""
+    if block_bytes is not None:
+        monkeypatch.setattr(kernels, "BLOCK_BYTES", block_bytes)
+    x = location + spread * rng.standard_normal(SHAPE)
+    bn = BatchNormalization(GAMMA, BETA, **path)
+    bn.forward(x)
+    ref = reference_training(x, GAMMA, BETA, bn.epsilon)
+    np.testing.assert_allclose(bn.var, ref.var, rtol=1e-11)
+    np.testing.assert_allclose(bn.mean, ref.mean, rtol=1e-15)
 
 
 def test_float64_variance_too_large_is_refused(path, rng) -> None:

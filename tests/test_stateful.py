@@ -184,7 +184,9 @@ def staged_nodes_out_of_range(ref, x: np.ndarray, dout: np.ndarray, gamma: np.nd
     d, x_mu = np.abs(by_channel(dout)).max(axis=1), np.abs(ref.x_std).max(axis=1) * ref.std
     a1 = np.abs(gamma) * d
     a2 = a1 / ref.std
-    a3 = np.abs(gamma * ref.dgamma) * ref.std
+    # grad_std_inv = sum(a1 * x_mu): exact value, or its rounding noise when that is larger
+    noise = 2.0**-52 * np.abs(gamma) * np.abs(by_channel(dout)).sum(axis=1) * x_mu
+    a3 = np.maximum(np.abs(gamma * ref.dgamma) * ref.std, noise)
     a4 = a3 / ref.std**2
     a5 = a4 / (2 * ref.std)
     a6 = a5 / n
@@ -192,7 +194,7 @@ def staged_nodes_out_of_range(ref, x: np.ndarray, dout: np.ndarray, gamma: np.nd
     products = [a1 * x_mu, d * np.abs(ref.x_std).max(axis=1), n * d]  # the terms the staged sums add
     nodes = [a1, a2, a3, a4, a5, a6, a7, n * (a2 + a7), *products]
     large = any(bool(np.any(~(v < 1e300))) for v in nodes)
-    small = any(bool(np.any((v < 1e-290) & (ref.dgamma != 0))) for v in (a4, a5, a6))
+    small = any(bool(np.any((v < 1e-290) & (a3 != 0))) for v in (a4, a5, a6))
     return large or small
 
 
@@ -246,8 +248,9 @@ class LayerMachine(RuleBasedStateMachine):
                                   moving_var=None if mv is None else mv.value, **kw)
 
     # ---------------------------------------------------------------- construction
-    @initialize(channels=st.integers(1, 3), data=st.data())
-    def construct_first(self, channels: int, data: st.DataObject) -> None:
+    @initialize(channels=st.integers(1, 3), path=st.sampled_from(list(PATHS)), data=st.data())
+    def construct_first(self, channels: int, path: str, data: st.DataObject) -> None:
+        kernels.SMALL_BYTES, kernels.BLOCK_BYTES = PATHS[path]
         gamma = Vec(np.round(np.array(data.draw(st.lists(st.floats(-3, 3), min_size=channels, max_size=channels))), 3), channels)
         self.m = Model(channels, gamma, Vec(np.zeros(channels), channels), (0.9, True), (1e-8, True),
                        {"staged": (data.draw(st.booleans()), True), "unbiased_moving_var": (False, True),
@@ -461,6 +464,10 @@ class LayerMachine(RuleBasedStateMachine):
                 may_refuse = max(float(np.max(s)) for s in sums) > 1e300 or float(np.max(np.abs(grad))) > 1e290
                 if m.last_staged:  # a staged node may not fit in float64 where dx does
                     may_refuse |= staged_nodes_out_of_range(ref, x, grad, gamma)
+                # dx's terms beyond float64, or float32 by more than float64's precision
+                n = x.size // x.shape[1]
+                terms = np.abs(gamma) / ref.std * (np.abs(ref.dbeta) / n + np.abs(ref.dgamma) / np.sqrt(n))
+                may_refuse |= bool(np.any(~(terms < (2.0**170 if x.dtype == np.float32 else 1e300))))
             except Unrepresentable:
                 may_refuse = True
         dx = self.refused_or_done(lambda: bn.backward(b.given, out=out), valid, "backward", may_refuse)

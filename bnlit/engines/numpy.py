@@ -12,15 +12,15 @@ Sums inside a block run in the data's dtype (NumPy sums a contiguous run
 pairwise); blocks are merged in float64, so float32 data keeps float32 speed
 with close to float64 accuracy. Per-channel results are float64.
 
-Extreme magnitudes never go wrong silently. A float32 block sum runs in
-float32 only while no square or product of the data can overflow or vanish
-into underflow: each kernel checks its per-channel results (or the constants
-it is about to use) and, for the channels where they leave that range, works
-again in float64 (:func:`exact_stats`, :func:`exact_grad_sums`, or a float64
-pass over the blocks). Every float32 input is thus computed as in float64.
-float64 data whose squares overflow is scaled by a power of two per channel
-first; a variance that does not fit in float64 at all is left as ``inf`` for
-the layer to refuse.
+Extreme magnitudes never go wrong silently. Each kernel checks its
+per-channel results (or the constants it is about to use): where a float32
+square or product could have overflowed or lost digits to underflow, or a
+float64 sum overflowed, those channels are computed again in float64, scaled
+by a power of two per channel (:func:`exact_stats`, :func:`exact_grad_sums`,
+or a float64 pass over the blocks). So any finite float32 input gets the
+accuracy it gets in the ordinary range. Statistics that do not fit in
+float64 at all are refused (:func:`bnlit._validate.check_statistics`) before
+anything is written.
 
 Inputs of at most ``SMALL_BYTES`` take a plain path instead: whole-array
 operations in float64, keeping the centred input for the backward pass. There
@@ -43,7 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._threads import run_split
-from .._validate import check_gradient_sums, check_statistics
+from .._validate import check_result_terms, check_gradient_sums, check_statistics
 from ..stats import CENTRED_RATIO, GradSums, Moments, Stats, input_grad_coefficients, stats_from
 from ._base import Engine
 
@@ -214,15 +214,16 @@ def exact_stats(x3: Array, chans: NDArray[np.intp]) -> tuple[F64, F64]:
             largest = np.maximum(largest, np.abs(x3[rows][:, chans]).max(axis=(0, 2)))
         exps = _exponents(largest)
         down = -exps[:, None]  # ldexp of the data itself: 2**-e alone overflows for subnormal data
-        count, mean, m2 = 0, np.zeros(len(chans)), np.zeros(len(chans))
+        count, mean, m2 = 0, np.zeros(len(chans)), np.zeros(len(chans))  # mean: about origin
+        # Everything about each channel's first value: a constant channel's mean comes out
+        # exact, and block means merge as offsets (their rounding stays below the spread's).
+        origin = np.ldexp(x3[0, chans, 0].astype(np.float64), -exps)
         for rows in _row_blocks(x3, len(chans)):
             block = np.ldexp(x3[rows][:, chans].astype(np.float64), down)
             n_block = block.shape[0] * s
-            first = block[0, :, :1].copy()
-            block -= first  # about the first value: a constant channel's mean comes out exact
-            offset = block.mean(axis=(0, 2))
-            block -= offset[:, None]
-            block_mean = first[:, 0] + offset
+            block -= origin[:, None]
+            block_mean = block.mean(axis=(0, 2))
+            block -= block_mean[:, None]
             total = count + n_block
             delta = block_mean - mean
             mean += delta * (n_block / total)
@@ -230,7 +231,7 @@ def exact_stats(x3: Array, chans: NDArray[np.intp]) -> tuple[F64, F64]:
             count = total
         bad = ~np.isfinite(largest)
         mean[bad] = m2[bad] = np.nan
-        return np.ldexp(mean, exps), np.ldexp(m2 / count, 2 * exps)
+        return np.ldexp(origin + mean, exps), np.ldexp(m2 / count, 2 * exps)
 
 
 def _checked_stats(x3: Array, mean: F64, var: F64) -> tuple[F64, F64]:
@@ -295,9 +296,12 @@ def channel_stats_blockwise(x3: Array) -> tuple[F64, F64]:
     """
     channels, s = x3.shape[1], x3.shape[2]
     count = np.zeros(channels)
-    mean = np.zeros(channels)
+    mean = np.zeros(channels)  # about origin
     m2 = np.zeros(channels)
     scratch = _scratch(x3)
+    # Block means are merged as offsets from each channel's first value: merged as
+    # absolute values, their rounding (an ulp of a large mean) would enter the variance.
+    origin = x3[0, :, 0].astype(np.float64)
     with np.errstate(all="ignore"):
         for rows, chans in _blocks(x3):
             block = x3[rows, chans]
@@ -307,13 +311,14 @@ def channel_stats_blockwise(x3: Array) -> tuple[F64, F64]:
             # Exact moments about the (rounded) shift, corrected to the block's mean.
             s1 = _channel_sum(centred)
             block_m2 = _channel_dot(centred, centred) - s1 * s1 / n_block
-            block_mean = shift[:, 0].astype(np.float64) + s1 / n_block
+            block_mean = (shift[:, 0].astype(np.float64) - origin[chans]) + s1 / n_block
             total = count[chans] + n_block
             delta = block_mean - mean[chans]
             mean[chans] += delta * (n_block / total)
             m2[chans] += block_m2 + delta * delta * (count[chans] * n_block / total)
             count[chans] = total
         var = np.maximum(m2, 0.0) / count
+        mean = origin + mean
     return _checked_stats(x3, mean, var)
 
 
@@ -445,7 +450,7 @@ def input_grad(
     """``out3 = scale * (dout3 + slope * (x3 - mean) + offset)``, per channel, block by block."""
     with np.errstate(all="ignore"):
         # offset is added before the final product: it must be a normal float32 too
-        if not _fits(x3.dtype, mean, (scale, slope, offset, offset - slope * mean), (slope * mean,)):
+        if not _fits(x3.dtype, mean, (scale, slope, offset, offset - slope * mean), (slope * mean, scale * offset)):
             return _input_grad_f64(x3, dout3, mean, scale, slope, offset, out3)
         scale_c, slope_c = _per_channel(scale, x3), _per_channel(slope, x3)
         mean_hi, lo = _split(mean, x3)
@@ -487,6 +492,28 @@ def _input_grad_f64(
 # ------------------------------------------------------------------ the engine
 def _is_small(x3: Array) -> bool:
     return x3.nbytes <= SMALL_BYTES
+
+
+def _exact_where_terms_are_large(x3: Array, dout3: Array, stats: Stats, gamma: F64, sums: GradSums) -> GradSums:
+    """float32 gradient sums taken again exactly where ``dx``'s terms leave float32's range.
+
+    ``dx = scale * (dout + slope * (x - mean) + offset)`` can be small while its
+    terms are beyond float32 (a tiny epsilon, a huge dout); the float32 sums' rounding,
+    a few ulps of those terms, would then overflow. In float64 (here and in
+    :func:`input_grad`, which sees the same terms) it stays a rounding error.
+    """
+    count = x3.shape[0] * x3.shape[2]
+    with np.errstate(all="ignore"):
+        scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
+        terms = np.abs(scale) * (np.abs(offset) + np.abs(slope) * np.sqrt(stats.var * count))
+        large = ~(terms <= 2.0**COMFORT)
+    if not large.any():
+        return sums
+    check_result_terms(x3.dtype, scale, slope, offset, stats.var, count)  # beyond even float64's help
+    chans = np.flatnonzero(large)
+    sum_dout, sum_dout_xmu = sums.sum_dout.copy(), sums.sum_dout_xmu.copy()
+    sum_dout[chans], sum_dout_xmu[chans] = exact_grad_sums(x3, dout3, stats.mean, chans)
+    return GradSums(sum_dout, sum_dout_xmu)
 
 
 def _strictly_centred(stats: Stats) -> Stats:
@@ -564,8 +591,14 @@ class NumpyEngine(Engine):
         if centred_x is None:
             stats = _strictly_centred(stats)
             sums = self.grad_sums(x3, dout3, stats.mean, stats.centred)
+            if x3.dtype == np.float32:
+                sums = _exact_where_terms_are_large(x3, dout3, stats, gamma, sums)
             check_gradient_sums(sums, stats.mean, dout3)
-            self.input_grad_from(x3, dout3, stats, gamma, sums, out3)
+            count = x3.shape[0] * x3.shape[2]
+            with np.errstate(all="ignore"):
+                scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
+            check_result_terms(x3.dtype, scale, slope, offset, stats.var, count)
+            self.input_grad(x3, dout3, stats.mean, scale, slope, offset, out3, stats.centred)
             return sums
         # Plain path: the centred input is at hand.
         with np.errstate(all="ignore"):
@@ -577,7 +610,9 @@ class NumpyEngine(Engine):
                 sum_dout[unsure], sum_dout_xmu[unsure] = exact_grad_sums(x3, dout3, stats.mean, unsure)
         check_gradient_sums((sum_dout, sum_dout_xmu), stats.mean, dout3)
         sums = GradSums(sum_dout, sum_dout_xmu)
-        scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
+        with np.errstate(all="ignore"):
+            scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
+        check_result_terms(x3.dtype, scale, slope, offset, stats.var, count)
         grad = centred_x * slope[:, None]
         grad += dout3
         grad += offset[:, None]
