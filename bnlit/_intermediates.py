@@ -22,6 +22,7 @@ class TrainingCache:
     x: Array  # the input, in the compute dtype (not a copy when already float)
     stats: Stats  # per-channel mean, var, inv_std
     steps: Optional[ForwardSteps]  # the staged graph's nodes, in staged mode
+    count: int = 0  # values per channel the statistics ran over (every worker's, when synchronized)
 
 
 class SeedIntermediates:

@@ -29,9 +29,19 @@ from ._validate import (
     check_sum_fits,
     output,
 )
+from .distributed import (
+    BACKWARD,
+    FORWARD,
+    Communicator,
+    as_communicator,
+    refusing,
+    synchronized_grad_sums,
+    synchronized_moments,
+    synchronized_stats,
+)
 from .engines import get_engine
-from .graph import BackwardSteps, staged_backward, staged_forward
-from .stats import Stats, stats_from
+from .graph import BackwardSteps, ForwardSteps, staged_backward, staged_forward
+from .stats import GradSums, Moments, Stats, input_grad_coefficients, stats_from
 
 __all__ = ["BatchNormalization", "LayerStateError"]
 
@@ -53,6 +63,12 @@ class _Params(NamedTuple):
     beta: F64
     rho: float
     epsilon: float
+
+
+_STAGED_SYNC = (
+    "staged=True runs the seed's one-process graph and cannot be synchronized; "
+    "a layer with comm= uses the closed form (staged=False)"
+)
 
 
 class LayerStateError(ValueError, RuntimeError):
@@ -107,6 +123,19 @@ class BatchNormalization(SeedIntermediates):
         The compute engine (see :mod:`bnlit.engines`). ``"auto"`` takes the
         environment variable ``BNLIT_ENGINE`` when set, else numba's fused
         kernels when numba is installed (``pip install "bnlit[fast]"``), else NumPy.
+    comm : optional
+        Synchronize the training statistics across processes that each hold a
+        slice of the batch (synchronized batch normalization): an mpi4py
+        communicator, a ``torch.distributed`` process group, or any object with
+        ``rank``, ``size`` and ``allreduce_sum`` (:mod:`bnlit.distributed`). Every
+        worker then computes what one layer would on the whole batch: its slice of
+        the output and of ``dx``, and the same ``dgamma``, ``dbeta`` and moving
+        statistics. A training forward and a backward each all-reduce
+        ``K * (2 * C + 3)`` float64 numbers for ``K`` workers and ``C`` channels,
+        whatever the batch size. Slices may differ in size (even be empty) as long
+        as the whole batch has 2 values per channel. A call refused on one worker
+        is refused on every worker, together (:class:`bnlit.distributed.PeerError`).
+        Not with ``staged=True``.
 
     Attributes
     ----------
@@ -208,6 +237,7 @@ class BatchNormalization(SeedIntermediates):
         unbiased_moving_var: bool = False,
         bias_correction: bool = False,
         engine: str = "auto",
+        comm: object = None,
     ) -> None:
         channels = as_channel_vector(gamma, "gamma", None).shape[0]
         as_channel_vector(beta, "beta", channels)
@@ -226,6 +256,10 @@ class BatchNormalization(SeedIntermediates):
                   for name, v in (("moving_mean", moving_mean), ("moving_var", moving_var))]
         check_moving(*(np.zeros(channels) if v is None else v for v in starts))
         self._engine = get_engine(engine)
+        self._comm: Optional[Communicator] = None if comm is None else as_communicator(comm)
+        if self._comm is not None and flags["staged"]:
+            raise ValueError(_STAGED_SYNC)
+        self._channels = channels  # the size of a synchronized exchange, fixed for the layer's life
         self.gamma, self.beta = gamma, beta
         self.rho, self.epsilon = rho, epsilon
         self.staged = flags["staged"]
@@ -246,6 +280,11 @@ class BatchNormalization(SeedIntermediates):
     def engine(self) -> str:
         """The name of the compute engine."""
         return self._engine.name
+
+    @property
+    def comm(self) -> Optional[Communicator]:
+        """The communicator a synchronized layer exchanges statistics through (else None)."""
+        return self._comm
 
     def _params(self, channels: int) -> _Params:
         """Every setting a call uses, checked (they may have been rebound since)."""
@@ -310,22 +349,36 @@ class BatchNormalization(SeedIntermediates):
         LayerStateError
             Prediction before any moving statistics exist.
         """
-        train = check_flag("train_flg", train_flg)
-        data = as_data(x, "x")
-        params = self._params(data.shape[1])
+        # A synchronized layer's training call joins one exchange whatever happens, so its
+        # checks run first and a refusal is shared (prediction exchanges nothing).
+        comm = None if train_flg is False or train_flg is np.False_ else self._comm
+        local: Optional[Moments] = None
+        with refusing(comm, FORWARD, self._channels):
+            train = check_flag("train_flg", train_flg)
+            data = as_data(x, "x")
+            params = self._params(data.shape[1])
+            if train:
+                count = data.size // data.shape[1]
+                if comm is None and count < 2:
+                    raise ValueError(
+                        "training needs at least 2 values per channel to estimate a variance; "
+                        f"got {count} for input shape {data.shape}"
+                    )
+                for name, moving in (("moving_mean", self.moving_mean), ("moving_var", self.moving_var)):
+                    if moving is not None:
+                        as_channel_vector(moving, name, data.shape[1])
+            result = output(out, data, "out", self._kept({"x": data, "the given x": x}) if out is not None else {})
+            if comm is not None:
+                if self.staged:
+                    raise ValueError(_STAGED_SYNC)
+                with _quiet():
+                    local = (self._engine.moments(as_3d(data)) if data.size else
+                             Moments(0, np.zeros(data.shape[1]), np.zeros(data.shape[1])))
         if train:
-            count = data.size // data.shape[1]
-            if count < 2:
-                raise ValueError(
-                    "training needs at least 2 values per channel to estimate a variance; "
-                    f"got {count} for input shape {data.shape}"
-                )
-            for name, moving in (("moving_mean", self.moving_mean), ("moving_var", self.moving_var)):
-                if moving is not None:
-                    as_channel_vector(moving, name, data.shape[1])
-        result = output(out, data, "out", self._kept({"x": data, "the given x": x}) if out is not None else {})
-        if train:
-            self._train_forward(data, params, result)
+            if local is None:
+                self._train_forward(data, params, result)
+            else:
+                self._synchronized_forward(data, params, result, local)
             return result
         with _quiet():
             stats = self._prediction_stats(data.shape[1], params)
@@ -346,8 +399,27 @@ class BatchNormalization(SeedIntermediates):
         if steps is not None:
             with _quiet():
                 out[...] = steps.out
-        count = x.size // x.shape[1]
-        moving_mean, moving_var, start = self._updated_moving_statistics(stats, count, p.rho)
+        self._commit_training(x, stats, steps, x.size // x.shape[1], p.rho)
+
+    def _synchronized_forward(self, x: Array, p: _Params, out: Array, local: Moments) -> None:
+        """Normalise this worker's slice with the whole batch's statistics (one exchange)."""
+        assert self._comm is not None
+        whole = synchronized_moments(self._comm, local)
+        # From here on every worker holds the same numbers, so a refusal below is shared.
+        if whole.count < 2:
+            raise ValueError(
+                "training needs at least 2 values per channel to estimate a variance; the "
+                f"{self._comm.size} workers' slices hold {whole.count} together"
+            )
+        stats = synchronized_stats(whole, p.epsilon)
+        check_statistics(stats.mean, stats.var, stats.inv_std, p.epsilon)
+        if x.size:
+            with _quiet():
+                self._engine.normalize_with(as_3d(x), stats, p.gamma, p.beta, as_3d(out))
+        self._commit_training(x, stats, None, whole.count, p.rho)
+
+    def _commit_training(self, x: Array, stats: Stats, steps: Optional[ForwardSteps], count: int, rho: float) -> None:
+        moving_mean, moving_var, start = self._updated_moving_statistics(stats, count, rho)
         # Everything is computed and checked: only now does the layer's state change.
         if start is not None:  # the averages start here (from zeros, or from rebound values)
             self._moving_start = start
@@ -355,7 +427,7 @@ class BatchNormalization(SeedIntermediates):
         self.moving_mean, self.moving_var = moving_mean, moving_var
         self.steps += 1
         self.batch_size = count
-        self._cache = TrainingCache(x, stats, steps)
+        self._cache = TrainingCache(x, stats, steps, count)
         self.backward_steps = None
 
     def _updated_moving_statistics(
@@ -465,15 +537,25 @@ class BatchNormalization(SeedIntermediates):
             ``dout`` is not real numeric data or its shape is not that of the
             last training input; ``out`` is unfit.
         """
-        cache = self._cache
-        if cache is None:
-            raise LayerStateError(
-                "backward needs a training forward first (forward(x, train_flg=True)); none has run"
-            )
-        x = cache.x
-        grad = as_grad(dout, x)
-        params = self._params(x.shape[1])
-        result = output(out, x, "out", self._kept({"dout": grad, "the given dout": dout}) if out is not None else {})
+        comm = self._comm
+        local: Optional[GradSums] = None
+        with refusing(comm, BACKWARD, self._channels):
+            cache = self._cache
+            if cache is None:
+                raise LayerStateError(
+                    "backward needs a training forward first (forward(x, train_flg=True)); none has run"
+                )
+            x = cache.x
+            grad = as_grad(dout, x)
+            params = self._params(x.shape[1])
+            result = output(out, x, "out", self._kept({"dout": grad, "the given dout": dout}) if out is not None else {})
+            if comm is not None:
+                with _quiet():
+                    local = (self._engine.grad_sums(as_3d(x), as_3d(grad), cache.stats.mean, cache.stats.centred)
+                             if x.size else GradSums(np.zeros(x.shape[1]), np.zeros(x.shape[1])))
+                check_gradient_sums(local, cache.stats.mean, grad)
+        if local is not None:
+            return self._synchronized_backward(cache, grad, params.gamma, result, local)
         if cache.steps is not None:
             steps = self._staged_backward(cache, grad, params.gamma)
             with _quiet():
@@ -485,10 +567,34 @@ class BatchNormalization(SeedIntermediates):
         with _quiet():
             sums = self._engine.backward(as_3d(x), as_3d(grad), cache.stats, params.gamma, as_3d(result))
         check_gradient_sums(sums, cache.stats.mean, grad)
-        with _quiet():
-            self.dgamma = (cache.stats.inv_std * sums.sum_dout_xmu).astype(x.dtype)
-            self.dbeta = sums.sum_dout.astype(x.dtype)
+        self._commit_grads(x.dtype, cache.stats, sums)
         return result
+
+    def _synchronized_backward(self, cache: TrainingCache, grad: Array, gamma: F64, out: Array, local: GradSums) -> Array:
+        """This worker's slice of ``dx`` from the whole batch's gradient sums (one exchange)."""
+        assert self._comm is not None
+        sums, parts_finite = synchronized_grad_sums(self._comm, local)
+        # Every worker holds the same sums now: a refusal below is shared.
+        if parts_finite and not np.isfinite(np.concatenate(sums)).all():
+            raise ValueError(
+                f"the per-channel gradient sums of the {self._comm.size} workers together overflow "
+                "float64 (dout, or dout times the centred input, is too large); scale dout down"
+            )
+        stats, x = cache.stats, cache.x
+        with _quiet():
+            scale, slope, offset = input_grad_coefficients(stats, gamma, sums, cache.count)
+        check_result_terms(x.dtype, scale, slope, offset, stats.var, cache.count)
+        if x.size:
+            with _quiet():
+                self._engine.input_grad(as_3d(x), as_3d(grad), stats.mean, scale, slope, offset, as_3d(out),
+                                        stats.centred)
+        self._commit_grads(x.dtype, stats, sums)
+        return out
+
+    def _commit_grads(self, dtype: np.dtype, stats: Stats, sums: GradSums) -> None:
+        with _quiet():
+            self.dgamma = (stats.inv_std * sums.sum_dout_xmu).astype(dtype)
+            self.dbeta = sums.sum_dout.astype(dtype)
 
     @staticmethod
     def _staged_backward(cache: TrainingCache, grad: Array, gamma: F64) -> BackwardSteps:
