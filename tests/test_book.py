@@ -18,11 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = [
     "index", "forward", "graph", "backward", "prediction", "seed_examples",
-    "exercise", "gradient_check", "conventions", "pitfalls", "training", "performance", "api",
+    "exercise", "gradient_check", "conventions", "pitfalls", "training", "performance", "distributed", "api",
     "references",
 ]
 NOTEBOOK_PAGES = [p for p in PAGES if p not in ("api", "references")]
-BIB_KEYS = ["ioffe2015", "santurkar2018", "kratzert2016", "cs231n", "saitoh2016", "zhang2023d2l", "goodfellow2016"]
+BIB_KEYS = ["ioffe2015", "santurkar2018", "kratzert2016", "cs231n", "saitoh2016", "zhang2023d2l", "goodfellow2016", "chan1979"]
 
 pytestmark = pytest.mark.book
 
@@ -118,7 +118,7 @@ def test_backward_page_shows_every_step(book: Path) -> None:
         assert f"a{k}: SymPy&#39;s formula matches bnlit&#39;s a{k}" in html or f"a{k}: SymPy's formula matches bnlit's a{k}" in html
 
 
-@pytest.mark.parametrize("name", ["index", "graph", "prediction", "pitfalls", "training", "performance"])
+@pytest.mark.parametrize("name", ["index", "graph", "prediction", "pitfalls", "training", "performance", "distributed"])
 def test_figures_are_svg_in_every_language(book: Path, name: str) -> None:
     """Each figure is drawn once per edition, as an SVG image inside the page."""
     import base64
