@@ -145,8 +145,19 @@ def test_copy_buttons_skip_outputs(book: Path) -> None:
 
 def test_api_page_documents_the_layer(book: Path) -> None:
     html = page(book, "api")
-    for name in ("BatchNormalization", "forward", "backward", "LayerStateError", "staged_backward"):
+    for name in ("BatchNormalization", "forward", "backward", "LayerStateError", "staged_backward",
+                 "bnlit.distributed.ThreadGroup", "bnlit.distributed.PeerError", "buffer_bytes"):
         assert name in html, name
+
+
+def test_distributed_page_shows_the_exchange_and_the_refusal(book: Path) -> None:
+    shown = text(book, "distributed")
+    per_call = 8 * 4 * (2 * 64 + 3)  # float64 bytes of a (K, 2C + 3) buffer, K = 4 workers, C = 64 channels
+    assert shown.count(f"(forward, backward): [{per_call}, {per_call}]") == 3  # batches of 8, 64 and 512 rows
+    assert re.search(r"adding the four rows in all 24 orders:\s+1 result", shown)
+    assert "worker 1: ValueError: the input has 3 channels" in shown
+    for rank in (0, 2):
+        assert f"worker {rank}: PeerError: worker 1 refused its part of this training forward call" in shown
 
 
 def test_exercise_page_runs_the_checker(book: Path) -> None:
