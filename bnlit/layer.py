@@ -490,19 +490,22 @@ class BatchNormalization(SeedIntermediates):
         return mean, np.maximum(var, 0.0)
 
     @classmethod
-    def like_pytorch(cls, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1) -> "BatchNormalization":
+    def like_pytorch(
+        cls, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1, comm: object = None
+    ) -> "BatchNormalization":
         """A layer that computes exactly what ``torch.nn.BatchNorm1d/2d(num_features)`` does.
 
         Weight ones and bias zeros, running mean zeros and running variance
         ones, ``epsilon=eps``, ``momentum`` weighting the *new* statistic, and
         the running variance updated with the unbiased ``n / (n - 1)`` batch
         variance. (PyTorch's ``momentum=None``, a cumulative average, is not
-        reproduced.)
+        reproduced.) With ``comm``, what ``torch.nn.SyncBatchNorm`` computes on the
+        whole batch (which PyTorch 2.13 refuses to run on CPU tensors).
         """
         return cls(
             np.ones(num_features), np.zeros(num_features),
             moving_mean=np.zeros(num_features), moving_var=np.ones(num_features),
-            epsilon=eps, momentum=momentum, unbiased_moving_var=True,
+            epsilon=eps, momentum=momentum, unbiased_moving_var=True, comm=comm,
         )
 
     # ---------------------------------------------------------------- backward

@@ -144,8 +144,7 @@ def torch_comparison(comm: Any) -> dict[str, Any]:
     torch_bn = torch.nn.BatchNorm2d(4, dtype=torch.float64)
     out_t = torch_bn(x)
     out_t.backward(dout)
-    ours = BatchNormalization(np.ones(4), np.zeros(4), moving_mean=np.zeros(4), moving_var=np.ones(4),
-                              epsilon=1e-5, momentum=0.1, unbiased_moving_var=True, comm=comm)
+    ours = BatchNormalization.like_pytorch(4, comm=comm)
     out, dx = ours.forward(x_mine), ours.backward(dout_mine)
     worst = {
         "out": rel(out, out_t.detach().numpy()[lo:lo + n_mine]),

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _optional import require
 from bnlit import BatchNormalization, LayerStateError
@@ -139,6 +141,39 @@ def test_each_engine_and_float32(engine: str, rng) -> None:
     assert rel(np.concatenate([p[0] for p in parts]), out) <= TOL32
     assert rel(np.concatenate([p[1] for p in parts]), dx) <= TOL32
     assert rel(parts[2][2], whole.dgamma) <= TOL32
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 6), min_size=1, max_size=4).filter(lambda s: sum(s) >= 2),
+    four_d=st.booleans(),
+    offset=st.sampled_from([0.0, 1e3, -1e6]),
+    spread=st.sampled_from([1e-3, 1.0, 1e4]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_split_of_any_batch_gives_the_whole_batch(sizes, four_d, offset, spread, seed) -> None:
+    """Any number of workers, any slice sizes (empty ones too), data near or far from zero."""
+    rng = np.random.default_rng(seed)
+    shape = (sum(sizes), 2, 2, 3) if four_d else (sum(sizes), 3)
+    x = rng.normal(size=shape) * spread + offset
+    dout = rng.normal(size=shape)
+    c = shape[1]
+    # by hand about the offset (x - offset is exact here): no rounding of the offset's size
+    out, dx, dgamma, dbeta, _, _ = by_hand(x - offset, dout, np.ones(c), np.zeros(c), 1e-8)
+
+    def work(comm):
+        bn = BatchNormalization(np.ones(c), np.zeros(c), comm=comm)
+        return (bn.forward(split_rows(x, len(sizes), sizes)[comm.rank]),
+                bn.backward(split_rows(dout, len(sizes), sizes)[comm.rank]), bn.dgamma, bn.dbeta)
+
+    parts = run_workers(len(sizes), work)
+    # any float64 layer rounds the mean by ~1e-16 of the offset, ~1e-16 * offset / spread of
+    # the output (the whole-batch layer too: ~1e-8 at offset / spread = 1e9)
+    tol = 1e-12 + 1e-15 * abs(offset) / spread
+    assert rel(np.concatenate([p[0] for p in parts]), out) <= tol
+    assert rel(np.concatenate([p[1] for p in parts]), dx) <= tol
+    for p in parts:
+        assert rel(p[2], dgamma) <= tol and rel(p[3], dbeta) <= tol
 
 
 def test_moments_merge_is_stable_far_from_zero(rng) -> None:
