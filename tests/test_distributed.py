@@ -408,7 +408,8 @@ def _program_beside_python(name: str, install: str) -> str:
     return require_program(name, install)
 
 
-def _run(cmd: list[str], envs: list[dict[str, str]] | None = None, cwd: Path = ROOT) -> list[str]:
+def _run(cmd: list[str], envs: list[dict[str, str]] | None = None, cwd: Path = ROOT,
+         check: bool = True) -> list[str]:
     """Start one process per environment (or ``cmd`` once), wait with a timeout, kill on expiry."""
     base = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     procs = [subprocess.Popen(cmd, cwd=cwd, env={**base, **e}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -422,8 +423,8 @@ def _run(cmd: list[str], envs: list[dict[str, str]] | None = None, cwd: Path = R
             os.killpg(p.pid, signal.SIGKILL)
         pytest.fail(f"{' '.join(cmd)} did not finish within {TIMEOUT} s (a worker hangs)")
     for p, text in zip(procs, outputs):
-        assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{text[-4000:]}"
-    return outputs
+        assert p.returncode == 0 or not check, f"{' '.join(cmd)} failed:\n{text[-4000:]}"
+    return [f"exit {p.returncode}\n{text}" for p, text in zip(procs, outputs)] if not check else outputs
 
 
 def _free_port() -> int:
@@ -488,6 +489,26 @@ def test_torch_distributed_processes_equal_the_whole_batch_and_pytorch(k: int, t
         # nn.SyncBatchNorm does not run on CPU in the pinned torch; when it does, compare with it too
         assert comparison["syncbatchnorm_error"] == (
             "ValueError: SyncBatchNorm expected input tensor to be on GPU or XPU or privateuseone"), comparison
+
+
+@pytest.mark.processes
+@pytest.mark.processes
+def test_a_worker_dying_outside_the_layer_ends_every_worker(tmp_path: Path) -> None:
+    """Worker 1 raises in its own code and never calls; the others are in the forward's
+    all-reduce. Under ``python -m mpi4py`` its exception aborts the whole job; under
+    torch.distributed the others' all-reduce fails when its connection closes, or times
+    out (here after 5 s) while it is stuck elsewhere. Nobody hangs."""
+    require("mpi4py", install='pip install "bnlit[mpi]"')
+    require("torch", install="pip install torch==2.13.0")
+    mpiexec = _program_beside_python("mpiexec", 'pip install "bnlit[mpi]" (the mpich wheel brings mpiexec)')
+    text = _run([mpiexec, "-n", "3", sys.executable, "-m", "mpi4py", str(WORKER), "mpi", str(tmp_path), "die"],
+                check=False)[0]
+    assert not text.startswith("exit 0") and "RuntimeError: worker 1 failed before its call" in text, text
+    for mode, symptom in (("die", "connection closed by peer"), ("stall", "timed out")):
+        texts = _run([sys.executable, str(WORKER), "torch", str(tmp_path), mode], envs=_torch_env(3), check=False)
+        assert "RuntimeError: worker 1 failed before its call" in texts[1]
+        for rank in (0, 2):
+            assert not texts[rank].startswith("exit 0") and symptom in texts[rank].lower(), texts[rank][-2000:]
 
 
 @pytest.mark.processes
