@@ -130,8 +130,8 @@ class BatchNormalization(SeedIntermediates):
         ``rank``, ``size`` and ``allreduce_sum`` (:mod:`bnlit.distributed`). Every
         worker then computes what one layer would on the whole batch: its slice of
         the output and of ``dx``, and the same ``dgamma``, ``dbeta`` and moving
-        statistics (to rounding: about ``3e-16 * (1 + |mean| / std)`` relative,
-        as the two round the mean differently). A training forward and a backward each all-reduce
+        statistics, to rounding: 1e-12 relative while ``|mean| / std`` stays below
+        1e3, about ``1e-15 * |mean| / std`` beyond (the two round the mean differently). A training forward and a backward each all-reduce
         ``K * (2 * C + 3)`` float64 numbers for ``K`` workers and ``C`` channels,
         whatever the batch size. Slices may differ in size (even be empty) as long
         as the whole batch has 2 values per channel. A call refused on one worker
