@@ -13,7 +13,7 @@ BUILDDIR    := docs/_build
 LANGUAGES   := en ja
 TRANSLATIONS := ja
 
-.PHONY: help html test bench translations clean distclean
+.PHONY: help html test bench bench-distributed translations clean distclean
 
 help:
 	@echo "make html   build the book, English and Japanese, into $(BUILDDIR)/html (open $(BUILDDIR)/html/index.html)"
@@ -21,6 +21,7 @@ help:
 	@echo "make translations  refresh docs/locales from the English sources; list what is new or fuzzy"
 	@echo "make test   run every test, including a strict build of the book"
 	@echo "make bench  time both engines against PyTorch (if installed); saves docs/data/benchmark.json"
+	@echo "make bench-distributed  time a synchronized step on 4 processes (MPI, torch) against one process"
 	@echo "make mutation  mutation score of the fast tests over bnlit/ (a benchmark of the tests, ~15 min)"
 	@echo "make clean  remove build outputs;  make distclean  also remove $(VENV)"
 
@@ -62,6 +63,14 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[fast]"  # the compiled engine, to time both engines
 	$(BIN)/python benchmarks/bench.py --save docs/data/benchmark.json
+
+# Synchronized batch normalization on 4 local processes (MPI, then torch.distributed with gloo):
+# the step's time against one process on the whole batch, and the bytes all-reduced.
+bench-distributed: $(VENV)/.installed
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[mpi]" torch==2.13.0
+	BNLIT_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/mpiexec -n 4 $(BIN)/python -m mpi4py benchmarks/distributed.py mpi
+	BNLIT_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/torchrun --nproc-per-node 4 --master-addr 127.0.0.1 \
+		--master-port 29511 benchmarks/distributed.py torch
 
 # A benchmark of the tests, not a test (not part of `make test`): mutmut plants one small
 # bug at a time in bnlit/ and runs the fast tests against each, in a scratch copy under

@@ -130,7 +130,8 @@ class BatchNormalization(SeedIntermediates):
         ``rank``, ``size`` and ``allreduce_sum`` (:mod:`bnlit.distributed`). Every
         worker then computes what one layer would on the whole batch: its slice of
         the output and of ``dx``, and the same ``dgamma``, ``dbeta`` and moving
-        statistics. A training forward and a backward each all-reduce
+        statistics, to rounding: 1e-12 relative while ``|mean| / std`` stays below
+        1e3, about ``1e-15 * |mean| / std`` beyond (the two round the mean differently). A training forward and a backward each all-reduce
         ``K * (2 * C + 3)`` float64 numbers for ``K`` workers and ``C`` channels,
         whatever the batch size. Slices may differ in size (even be empty) as long
         as the whole batch has 2 values per channel. A call refused on one worker
@@ -490,19 +491,22 @@ class BatchNormalization(SeedIntermediates):
         return mean, np.maximum(var, 0.0)
 
     @classmethod
-    def like_pytorch(cls, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1) -> "BatchNormalization":
+    def like_pytorch(
+        cls, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1, comm: object = None
+    ) -> "BatchNormalization":
         """A layer that computes exactly what ``torch.nn.BatchNorm1d/2d(num_features)`` does.
 
         Weight ones and bias zeros, running mean zeros and running variance
         ones, ``epsilon=eps``, ``momentum`` weighting the *new* statistic, and
         the running variance updated with the unbiased ``n / (n - 1)`` batch
         variance. (PyTorch's ``momentum=None``, a cumulative average, is not
-        reproduced.)
+        reproduced.) With ``comm``, what ``torch.nn.SyncBatchNorm`` computes on the
+        whole batch (which PyTorch 2.13 refuses to run on CPU tensors).
         """
         return cls(
             np.ones(num_features), np.zeros(num_features),
             moving_mean=np.zeros(num_features), moving_var=np.ones(num_features),
-            epsilon=eps, momentum=momentum, unbiased_moving_var=True,
+            epsilon=eps, momentum=momentum, unbiased_moving_var=True, comm=comm,
         )
 
     # ---------------------------------------------------------------- backward

@@ -144,8 +144,7 @@ def torch_comparison(comm: Any) -> dict[str, Any]:
     torch_bn = torch.nn.BatchNorm2d(4, dtype=torch.float64)
     out_t = torch_bn(x)
     out_t.backward(dout)
-    ours = BatchNormalization(np.ones(4), np.zeros(4), moving_mean=np.zeros(4), moving_var=np.ones(4),
-                              epsilon=1e-5, momentum=0.1, unbiased_moving_var=True, comm=comm)
+    ours = BatchNormalization.like_pytorch(4, comm=comm)
     out, dx = ours.forward(x_mine), ours.backward(dout_mine)
     worst = {
         "out": rel(out, out_t.detach().numpy()[lo:lo + n_mine]),
@@ -164,7 +163,22 @@ def torch_comparison(comm: Any) -> dict[str, Any]:
     return {"worst": worst, "rows": n_mine, "syncbatchnorm_error": sync_error, "torch": torch.__version__}
 
 
-def main(backend: str, out_dir: str) -> None:
+def fail_before_the_call(comm: Any, mode: str) -> None:
+    """Worker 1 fails in its own code before the layer's call ("die": it exits; "stall":
+    it is stuck for 12 s); the others call forward."""
+    import time
+
+    from bnlit import BatchNormalization
+
+    bn = BatchNormalization(np.ones(3), np.zeros(3), comm=comm)
+    if comm.rank == 1:
+        if mode == "stall":
+            time.sleep(12)
+        raise RuntimeError("worker 1 failed before its call")
+    bn.forward(np.ones((4, 3)))
+
+
+def main(backend: str, out_dir: str, mode: str = "check") -> None:
     from bnlit.distributed import as_communicator
 
     if backend == "mpi":
@@ -176,8 +190,11 @@ def main(backend: str, out_dir: str) -> None:
 
         import torch.distributed as dist
 
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))  # env:// from the test
+        seconds = 5 if mode in ("die", "stall") else 60
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=seconds))  # env:// from the test
         comm = as_communicator(dist.group.WORLD)
+    if mode in ("die", "stall"):
+        return fail_before_the_call(comm, mode)
     kinds = ["equal", "unequal"] + (["empty"] if comm.size > 1 else [])
     report: dict[str, Any] = {"rank": comm.rank, "size": comm.size, "backend": backend, "cases": []}
     for dims, shape in SHAPES.items():
@@ -193,4 +210,4 @@ def main(backend: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _optional import require
 from bnlit import BatchNormalization, LayerStateError
@@ -139,6 +141,47 @@ def test_each_engine_and_float32(engine: str, rng) -> None:
     assert rel(np.concatenate([p[0] for p in parts]), out) <= TOL32
     assert rel(np.concatenate([p[1] for p in parts]), dx) <= TOL32
     assert rel(parts[2][2], whole.dgamma) <= TOL32
+
+
+@settings(max_examples=int(os.environ.get('BNLIT_SYNC_EXAMPLES', 40)), deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 6), min_size=1, max_size=4).filter(lambda s: sum(s) >= 2),
+    four_d=st.booleans(),
+    offset=st.sampled_from([0.0, 1e3, -1e6]),
+    spread=st.sampled_from([1e-3, 1.0, 1e4]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_split_of_any_batch_gives_the_whole_batch(sizes, four_d, offset, spread, seed) -> None:
+    """Any number of workers, any slice sizes (empty ones too), data near or far from zero:
+    the synchronized layer agrees with one layer on the whole batch as the docstring says."""
+    rng = np.random.default_rng(seed)
+    shape = (sum(sizes), 2, 2, 3) if four_d else (sum(sizes), 3)
+    x = rng.normal(size=shape) * spread + offset
+    dout = rng.normal(size=shape)
+    c = shape[1]
+    whole = BatchNormalization(np.ones(c), np.zeros(c))
+    out, dx = whole.forward(x), whole.backward(dout)
+
+    def work(comm):
+        bn = BatchNormalization(np.ones(c), np.zeros(c), comm=comm)
+        return (bn.forward(split_rows(x, len(sizes), sizes)[comm.rank]),
+                bn.backward(split_rows(dout, len(sizes), sizes)[comm.rank]), bn.dgamma, bn.dbeta)
+
+    parts = run_workers(len(sizes), work)
+    tol = 1e-12 + 1e-15 * abs(offset) / spread  # the docstring's bound
+    # dx is a difference of terms of size gamma / std * dout, which may nearly cancel
+    # (two rows give dx ~ 0): its rounding is relative to the terms, in either layer
+    terms = float(np.abs(dout).max() / whole.std.min())  # gamma = 1
+    assert rel(np.concatenate([p[0] for p in parts]), out) <= tol
+    assert np.abs(np.concatenate([p[1] for p in parts]) - dx).max() <= tol * max(terms, np.abs(dx).max())
+    # dgamma, dbeta: sums whose terms may cancel; their rounding is relative to the terms
+    sum_terms = np.abs(dout).sum(axis=tuple(a for a in range(x.ndim) if a != 1)) * np.abs(whole.x_std).max()
+    for p in parts:
+        assert (np.abs(p[2] - whole.dgamma) <= tol * sum_terms).all()
+        assert (np.abs(p[3] - whole.dbeta) <= tol * sum_terms).all()
+    if offset == 0:  # and the whole-batch layer is itself right (by hand, independently)
+        expected = by_hand(x, dout, np.ones(c), np.zeros(c), 1e-8)
+        assert rel(out, expected[0]) <= 1e-12 and rel(whole.dgamma, expected[2]) <= 1e-12
 
 
 def test_moments_merge_is_stable_far_from_zero(rng) -> None:
@@ -373,7 +416,8 @@ def _program_beside_python(name: str, install: str) -> str:
     return require_program(name, install)
 
 
-def _run(cmd: list[str], envs: list[dict[str, str]] | None = None, cwd: Path = ROOT) -> list[str]:
+def _run(cmd: list[str], envs: list[dict[str, str]] | None = None, cwd: Path = ROOT,
+         check: bool = True) -> list[str]:
     """Start one process per environment (or ``cmd`` once), wait with a timeout, kill on expiry."""
     base = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     procs = [subprocess.Popen(cmd, cwd=cwd, env={**base, **e}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -387,8 +431,8 @@ def _run(cmd: list[str], envs: list[dict[str, str]] | None = None, cwd: Path = R
             os.killpg(p.pid, signal.SIGKILL)
         pytest.fail(f"{' '.join(cmd)} did not finish within {TIMEOUT} s (a worker hangs)")
     for p, text in zip(procs, outputs):
-        assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{text[-4000:]}"
-    return outputs
+        assert p.returncode == 0 or not check, f"{' '.join(cmd)} failed:\n{text[-4000:]}"
+    return [f"exit {p.returncode}\n{text}" for p, text in zip(procs, outputs)] if not check else outputs
 
 
 def _free_port() -> int:
@@ -453,6 +497,26 @@ def test_torch_distributed_processes_equal_the_whole_batch_and_pytorch(k: int, t
         # nn.SyncBatchNorm does not run on CPU in the pinned torch; when it does, compare with it too
         assert comparison["syncbatchnorm_error"] == (
             "ValueError: SyncBatchNorm expected input tensor to be on GPU or XPU or privateuseone"), comparison
+
+
+@pytest.mark.processes
+@pytest.mark.processes
+def test_a_worker_dying_outside_the_layer_ends_every_worker(tmp_path: Path) -> None:
+    """Worker 1 raises in its own code and never calls; the others are in the forward's
+    all-reduce. Under ``python -m mpi4py`` its exception aborts the whole job; under
+    torch.distributed the others' all-reduce fails when its connection closes, or times
+    out (here after 5 s) while it is stuck elsewhere. Nobody hangs."""
+    require("mpi4py", install='pip install "bnlit[mpi]"')
+    require("torch", install="pip install torch==2.13.0")
+    mpiexec = _program_beside_python("mpiexec", 'pip install "bnlit[mpi]" (the mpich wheel brings mpiexec)')
+    text = _run([mpiexec, "-n", "3", sys.executable, "-m", "mpi4py", str(WORKER), "mpi", str(tmp_path), "die"],
+                check=False)[0]
+    assert not text.startswith("exit 0") and "RuntimeError: worker 1 failed before its call" in text, text
+    for mode, symptom in (("die", "connection closed by peer"), ("stall", "timed out")):
+        texts = _run([sys.executable, str(WORKER), "torch", str(tmp_path), mode], envs=_torch_env(3), check=False)
+        assert "RuntimeError: worker 1 failed before its call" in texts[1]
+        for rank in (0, 2):
+            assert not texts[rank].startswith("exit 0") and symptom in texts[rank].lower(), texts[rank][-2000:]
 
 
 @pytest.mark.processes
