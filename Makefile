@@ -73,9 +73,8 @@ bench: $(VENV)/.installed
 MUTANTS ?=
 .PHONY: mutation
 mutation: $(VENV)/.mutation-installed
-	rm -rf build/mutation && mkdir -p build/mutation/docs
-	cp -Rp bnlit tests pyproject.toml build/mutation/
-	cp -p docs/_exercise_solution.py build/mutation/docs/
+	rm -rf build/mutation && mkdir -p build/mutation
+	cp -Rp bnlit tests docs pyproject.toml Makefile build/mutation/
 	find build/mutation -name __pycache__ -prune -exec rm -rf {} +
 	@echo "mutmut is running; its progress goes to build/mutation/mutmut.log"
 	cd build/mutation && OMP_NUM_THREADS=1 ../../$(BIN)/mutmut run --max-children 2 $(MUTANTS) \

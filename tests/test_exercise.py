@@ -612,10 +612,15 @@ def read_po(path: Path) -> list[tuple[str, str, set[str]]]:
 
 
 def marked_messages() -> set[str]:
-    """Every string literal marked for translation (N_ or _) in the package's code."""
+    """Every string literal marked for translation (N_ or _) in the package's code (under
+    ``make mutation``, the code as written: not the mutants mutmut adds beside each function)."""
     found = set()
     for path in (ROOT / "bnlit").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and re.search(r"__mutmut_\d+$", node.name):
+                node.body = []  # a mutant's strings are no messages of the package
+        for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("N_", "_")
                     and node.args and isinstance(node.args[0], ast.Constant)):
                 found.add(node.args[0].value)
