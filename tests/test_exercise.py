@@ -29,6 +29,8 @@ import bnlit.exercise as exercise
 from bnlit._i18n import LOCALEDIR, languages, translation
 from bnlit.exercise import HINTS, STEPS, check
 
+from _mutmut_fork import child_calls_count_for_mutmut  # noqa: F401 - autouse, for `make mutation`
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = (ROOT / "docs" / "_exercise_solution.py").read_text()
 _names = itertools.count()
