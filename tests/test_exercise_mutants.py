@@ -305,3 +305,76 @@ def test_printed_output_keeps_its_spaces_and_loses_only_the_last_newline() -> No
     prints = raising_in_forward("import sys; print('\\tindented  ', file=sys.stderr); print('TAX', file=sys.stderr)")
     report = check(learner_class(prints), show_output=True)
     assert str(report).split("What the class printed to stderr:\n")[1] == "\n".join(["  \tindented  ", "  TAX"] * 4)
+
+
+# ------------------------------------------------------ output below Python, and the alarm
+def test_the_child_captures_its_own_file_descriptors_only(capfd) -> None:
+    """What the caller wrote to its fd 1 and 2 before the check stays the caller's."""
+    import os
+
+    os.write(1, b"caller out\n")
+    os.write(2, b"caller err\n")
+    writes = raising_in_forward("import os; os.write(1, b'fd 1\\xff\\n'); os.write(2, b'fd 2\\n')")
+    report = check(learner_class(writes))
+    assert report.ok
+    assert report.stdout.count("fd 1\ufffd\n") == 4 and "caller" not in report.stdout  # invalid UTF-8 replaced
+    assert report.stderr == "fd 2\n" * 4
+    assert capfd.readouterr() == ("caller out\n", "caller err\n")
+
+
+def test_output_longer_than_one_read_is_kept_whole() -> None:
+    report = check(learner_class(raising_in_forward("import os; os.write(1, b'y' * 70000)")))
+    assert report.stdout.count("y") == 4 * 70000 and report.stdout.count("y" * 140000) == 2  # 2 calls per input
+
+
+def test_a_result_whose_conversion_never_ends_is_stopped_in_the_checkers_own_code() -> None:
+    """The alarm rings while the checker reads the prediction (its __array__ sleeps): the
+    prediction's call is named, with no line of the checker's."""
+    class Slow:
+        def __array__(self, dtype=None, copy=None):
+            import time
+            time.sleep(60)
+
+    class SlowPrediction(Wrapped):
+        def forward(self, x, train_flg=True):
+            out = super().forward(x, train_flg)
+            return out if train_flg else Slow()
+
+    report = check(SlowPrediction, timeout=0.3)
+    assert (report.step, report.scenario, report.unchecked) == (
+        "x_mu", "2-D input, prediction on a batch of another size", [])  # no local names: the first step
+    assert str(report).splitlines()[:3] == [
+        "The class did not finish in time on the 2-D input:",
+        "  forward(x, train_flg=False) did not return within 0.3 s",
+        "The first quantity that could not be checked is x_mu."]
+
+
+def test_a_property_that_calls_sys_exit_is_reported_at_its_step() -> None:
+    class Leaving(Wrapped):
+        @property
+        def moving_var(self):
+            import sys
+            sys.exit(4)
+
+    report = check(Leaving)
+    assert (report.step, report.scenario) == ("moving_var", FWD2)
+    line = Leaving.moving_var.fget.__code__.co_firstlineno + 3
+    assert str(report).splitlines()[:3] == [
+        "The class tried to end the Python process on the 2-D input:",
+        f"  layer.moving_var called sys.exit(4) (line {line}: sys.exit(4))",
+        "The first quantity that could not be checked is moving_var."]
+
+
+def test_a_property_that_ends_the_process_is_reported_at_its_step() -> None:
+    class Ending(Wrapped):
+        @property
+        def moving_mean(self):
+            import os
+            os._exit(3)
+
+    report = check(Ending)
+    assert (report.step, report.scenario) == ("moving_mean", FWD2)  # out was right
+    assert str(report).splitlines()[:3] == [
+        "The class ended its process on the 2-D input:",
+        "  layer.moving_mean ended the process (exit code 3)",
+        "The first quantity that could not be checked is moving_mean."]
