@@ -73,8 +73,9 @@ def test_a_wrong_result_of_integers_is_read_as_float64() -> None:
 
 
 # ------------------------------------------------------------ the learner's line, found
+# In prediction, x (3 rows) broadcast to the training batch's 4 rows: NumPy's own Python code raises.
 NUMPY_RAISES = {"x_mu = x - self.moving_mean  # N x D":
-                "x_mu = x - np.broadcast_to(self.moving_mean, (self.batch_size, x.shape[1]))"}
+                "x_mu = np.broadcast_to(x, (self.batch_size, x.shape[1])) - self.moving_mean"}
 
 
 def test_a_subclass_keeps_the_line_in_the_learners_base_class() -> None:
@@ -85,7 +86,7 @@ def test_a_subclass_keeps_the_line_in_the_learners_base_class() -> None:
         pass
 
     report = check(Sub)
-    line = line_of("np.broadcast_to(self.moving_mean", NUMPY_RAISES)
+    line = line_of("np.broadcast_to(x, (self.batch_size", NUMPY_RAISES)
     assert str(report).splitlines()[1].endswith(f" (line {line})")
 
 
@@ -378,3 +379,34 @@ def test_a_property_that_ends_the_process_is_reported_at_its_step() -> None:
         "The class ended its process on the 2-D input:",
         "  layer.moving_mean ended the process (exit code 3)",
         "The first quantity that could not be checked is moving_mean."]
+
+
+# ------------------------------------------------------------ how the class is called
+def test_training_is_asked_for_by_name_whatever_the_default() -> None:
+    class PredictsByDefault(Wrapped):
+        def forward(self, x, train_flg=False):
+            return super().forward(x, train_flg)
+
+    assert check(PredictsByDefault).ok
+
+
+def test_the_child_is_forked_whatever_start_method_the_caller_chose() -> None:
+    """A class from a notebook cell cannot be pickled to a spawned process: the checker forks."""
+    import multiprocessing
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        assert check(learner_class()).ok
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+
+
+def test_a_class_that_ignores_the_time_limit_in_backward_is_named_at_backward() -> None:
+    replace = {"a1 = self.gamma * dout  # gradient of x_std": "import signal, time; "
+               "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM}); time.sleep(60)"}
+    report = check(learner_class(replace), timeout=0.2)
+    assert (report.step, report.scenario) == ("dbeta", BWD2)
+    assert str(report).splitlines()[:2] == [
+        "The class did not finish in time on the 2-D input:",
+        "  backward(dout) did not return within 0.2 s"]
