@@ -410,3 +410,37 @@ def test_a_class_that_ignores_the_time_limit_in_backward_is_named_at_backward() 
     assert str(report).splitlines()[:2] == [
         "The class did not finish in time on the 2-D input:",
         "  backward(dout) did not return within 0.2 s"]
+
+
+# ------------------------------------------------------------------ the fixed inputs
+def test_the_scenarios_are_the_documented_inputs() -> None:
+    """The inputs every report is computed on (the golden reports and the book's exercise page
+    show them), written out: the seed's 4 x 3 input, 3 rows to predict on, a 2 x 3 x 2 x 4 image
+    batch with a constant channel 1, random dout rounded to 2 decimals from seed 2024."""
+    rng = np.random.default_rng(2024)
+    x4 = rng.normal(2.0, 1.5, size=(2, 3, 2, 4)).round(2)
+    x4_new = rng.normal(2.0, 1.5, size=(1, 3, 3, 2)).round(2)
+    x4[:, 1] = x4_new[:, 1] = 0.0
+    dout2 = rng.normal(size=(4, 3)).round(2)
+    dout4 = rng.normal(size=(2, 3, 2, 4)).round(2)
+    two, four = exercise._scenarios()
+    assert (two.ndim, four.ndim) == (2, 4)
+    np.testing.assert_array_equal(two.x, [[1, 2, 3], [2, 3, 2], [3, 5, 4], [4, 1, 3]])
+    np.testing.assert_array_equal(two.x_new, [[2, 1, 4], [0, 4, 3], [5, 2, 2]])
+    for s in (two, four):
+        np.testing.assert_array_equal(s.gamma, [1.5, 0.5, 2.0])
+        np.testing.assert_array_equal(s.beta, [0.1, -0.2, 0.3])
+    np.testing.assert_array_equal(two.dout, dout2)
+    np.testing.assert_array_equal(four.x, x4)
+    np.testing.assert_array_equal(four.x_new, x4_new)
+    np.testing.assert_array_equal(four.dout, dout4)
+    assert np.ptp(four.x[:, 1]) == 0 and np.ptp(four.x[:, 0]) > 0 and np.ptp(four.x[:, 2]) > 0
+
+
+def test_the_default_time_limit_and_a_language_that_is_not_text() -> None:
+    import inspect
+
+    assert inspect.signature(check).parameters["timeout"].default == 5.0  # as documented
+    with pytest.raises(TypeError) as info:
+        check(learner_class(), lang=1)
+    assert str(info.value) == "lang must be a language code such as 'en' or 'ja'; got int"
