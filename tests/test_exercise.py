@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def learner_class(replace: dict[str, str] | None = None, *, source_lines: bool =
     for old, new in (replace or {}).items():
         assert source.count(old) == 1, old
         source = source.replace(old, new)
-    filename = f"<learner-{next(_names)}>"
+    # Unique even when this module is imported twice (test_exercise_mutants.py imports it):
+    # a name registered in linecache by one copy must not lend its source to another's class.
+    filename = f"<learner-{next(_names)}-{uuid.uuid4().hex[:8]}>"
     if source_lines:
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict = {}
