@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import bnlit
 import bnlit.exercise as exercise
 from bnlit._i18n import LOCALEDIR, languages, translation
 from bnlit.exercise import HINTS, STEPS, check
+
+from _mutmut_fork import child_calls_count_for_mutmut  # noqa: F401 - autouse, for `make mutation`
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = (ROOT / "docs" / "_exercise_solution.py").read_text()
@@ -41,7 +44,9 @@ def learner_class(replace: dict[str, str] | None = None, *, source_lines: bool =
     for old, new in (replace or {}).items():
         assert source.count(old) == 1, old
         source = source.replace(old, new)
-    filename = f"<learner-{next(_names)}>"
+    # Unique even when this module is imported twice (test_exercise_mutants.py imports it):
+    # a name registered in linecache by one copy must not lend its source to another's class.
+    filename = f"<learner-{next(_names)}-{uuid.uuid4().hex[:8]}>"
     if source_lines:
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict = {}
@@ -612,10 +617,15 @@ def read_po(path: Path) -> list[tuple[str, str, set[str]]]:
 
 
 def marked_messages() -> set[str]:
-    """Every string literal marked for translation (N_ or _) in the package's code."""
+    """Every string literal marked for translation (N_ or _) in the package's code (under
+    ``make mutation``, the code as written: not the mutants mutmut adds beside each function)."""
     found = set()
     for path in (ROOT / "bnlit").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and re.search(r"__mutmut_\d+$", node.name):
+                node.body = []  # a mutant's strings are no messages of the package
+        for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("N_", "_")
                     and node.args and isinstance(node.args[0], ast.Constant)):
                 found.add(node.args[0].value)
