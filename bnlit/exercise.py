@@ -499,9 +499,22 @@ def _to_rows(a: np.ndarray) -> np.ndarray:
     return a if a.ndim == 2 else a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
 
 
+#: Reference values already computed, by the scenario's inputs (they never change).
+_EXPECTED: dict[bytes, dict[tuple[int, str], np.ndarray]] = {}
+
+
 def _expected(s: _Scenario) -> dict[tuple[int, str], np.ndarray]:
     """Reference values, keyed by (call, name): the intermediates from bnlit's staged
-    graph in the notebook's (N, D) layout, the public results from bnlit's layer."""
+    graph in the notebook's (N, D) layout, the public results from bnlit's layer.
+    Computed once per scenario and process."""
+    key = b"|".join(np.ascontiguousarray(a, dtype=np.float64).tobytes() + str(a.shape).encode()
+                    for a in (s.x, s.gamma, s.beta, s.dout, s.x_new))
+    if key not in _EXPECTED:
+        _EXPECTED[key] = _compute_expected(s)
+    return _EXPECTED[key]
+
+
+def _compute_expected(s: _Scenario) -> dict[tuple[int, str], np.ndarray]:
     f = staged_forward(_to_rows(s.x), s.gamma, s.beta, _EPSILON)
     b = staged_backward(f, _to_rows(s.dout))
     want: dict[tuple[int, str], np.ndarray] = {(_TRAIN, name): getattr(f, name) for name in _FORWARD_LOCALS}
