@@ -91,7 +91,7 @@ mutation: $(VENV)/.mutation-installed
 	cp -Rp bnlit tests docs pyproject.toml Makefile build/mutation/
 	find build/mutation -name __pycache__ -prune -exec rm -rf {} +
 	@echo "mutmut is running; its progress goes to build/mutation/mutmut.log"
-	cd build/mutation && OMP_NUM_THREADS=1 ../../$(BIN)/mutmut run --max-children 2 $(MUTANTS) \
+	cd build/mutation && OMP_NUM_THREADS=1 BNLIT_TEST_WORKER_TIMEOUT=2 ../../$(BIN)/mutmut run --max-children 2 $(MUTANTS) \
 		> mutmut.log 2>&1 || { tail -c 3000 mutmut.log; exit 1; }
 	$(BIN)/python mutation/score.py build/mutation
 

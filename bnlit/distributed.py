@@ -146,7 +146,7 @@ class ThreadGroup:
     ...     bn = BatchNormalization(np.ones(2), np.zeros(2), comm=comm)
     ...     part = np.array_split(x, comm.size)[comm.rank]
     ...     return bn.forward(part)
-    >>> parts = ThreadGroup(3).run(worker)
+    >>> parts = ThreadGroup(3, timeout=5).run(worker)
     >>> whole = BatchNormalization(np.ones(2), np.zeros(2)).forward(x)
     >>> bool(np.allclose(np.concatenate(parts), whole, rtol=1e-12, atol=0))
     True

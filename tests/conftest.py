@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import Phase, settings
+
+# Under `make mutation` (mutmut sets MUTANT_UNDER_TEST) a failing example is reason enough:
+# no shrinking (a mutant that makes simulated workers wait would shrink for minutes), and
+# the same examples for every mutant.
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate], derandomize=True)
+if os.environ.get("MUTANT_UNDER_TEST"):
+    settings.load_profile("mutation")
 
 from _book_build import built_book, editions, gettext_templates  # noqa: F401  (the built book, one build per session)
 from _optional import in_ci, is_missing_dependency

@@ -43,11 +43,14 @@ from bnlit.distributed import (
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "_distributed_worker.py"
 TOL64, TOL32 = 1e-12, 2e-6
+#: Seconds a simulated worker waits for the others (they take milliseconds); `make mutation`
+#: shortens it, as a mutant that breaks the exchange makes workers wait it out.
+WORKER_TIMEOUT = float(os.environ.get("BNLIT_TEST_WORKER_TIMEOUT", "20"))
 TIMEOUT = 120  # seconds for a whole multi-process run; a hang fails, it does not block CI
 
 
 # ------------------------------------------------------------ simulated workers
-def run_workers(k: int, work: Callable[[Any], Any], timeout: float = 30.0, **kw: Any) -> list[Any]:
+def run_workers(k: int, work: Callable[[Any], Any], timeout: float = WORKER_TIMEOUT, **kw: Any) -> list[Any]:
     return ThreadGroup(k, timeout=timeout).run(work, **kw)
 
 
@@ -294,7 +297,7 @@ def test_a_refusal_on_one_worker_is_shared_and_changes_nothing(fault: str, rng) 
         out = bn.forward(mine[0])
         return error, out, bn.backward(mine[1]), bn.dgamma
 
-    results = run_workers(3, work, timeout=10)
+    results = run_workers(3, work)
     errors = [r[0] for r in results]
     assert isinstance(errors[bad], (TypeError, ValueError)) and not isinstance(errors[bad], PeerError)
     for rank in (0, 2):
@@ -311,7 +314,7 @@ def test_a_refusal_on_one_worker_is_shared_and_changes_nothing(fault: str, rng) 
 
 def test_backward_before_any_forward_is_refused_by_every_worker_itself() -> None:
     errors = run_workers(2, lambda comm: BatchNormalization(np.ones(2), np.zeros(2), comm=comm).backward(
-        np.ones((2, 2))), return_exceptions=True, timeout=10)
+        np.ones((2, 2))), return_exceptions=True)
     for e in errors:
         assert type(e) is LayerStateError and str(e) == (
             "backward needs a training forward first (forward(x, train_flg=True)); none has run")
