@@ -1,0 +1,184 @@
+"""Exact tests for numeric guards that a mutation run (``make mutation``) found untested.
+
+Each test states a documented contract with numbers chosen by hand (powers of two,
+so that every comparison is exact) and asserts the outcome exactly: the values, or
+the whole error message. No expected value here comes from the code under test.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from bnlit import BatchNormalization
+from bnlit._validate import check_staged_nodes, output
+
+TINY = 2.0**-1022  # float64's smallest normal number
+
+
+# ------------------------------------------------ bnlit._validate.check_staged_nodes
+# Contract (its docstring): a channel is suspect when some node of the chain is zero or
+# subnormal while the node before it is not zero; it is refused when what the loss may
+# cost dx, harm = 2 * max|x_mu| * tiny * (2 + 1 / std) (per channel), exceeds the rounding
+# of dx's other path, 2**-52 * max|path_2| (per channel; maxima over every axis but 1).
+
+def _staged_message(node: str, channels: str) -> str:
+    return re.escape(
+        f"the staged graph's node {node} underflows float64 in {channels} (x's spread and dout "
+        f"are too many orders of magnitude apart); the default path (staged=False) computes this backward"
+    )
+
+
+def _chain(*columns: list[float]) -> dict[str, np.ndarray]:
+    """Nodes a, b, c, ... each a per-channel row (1, C), as the staged graph keeps them."""
+    return {name: np.array([col]) for name, col in zip("abcd", columns)}
+
+
+# Channel 0: std 0.5, max|x_mu| 4, so harm = 2 * 4 * tiny * (2 + 2) = 2**5 * tiny = 2**-1017,
+# and the threshold 2**-52 * max|path_2| equals it at max|path_2| = 2**-965.
+# Channel 1 never loses anything; its large x_mu and path_2 must not leak into channel 0.
+STD = np.array([0.5, 1.0])
+AT_LIMIT = 2.0**-965
+
+
+def _x_mu(ndim: int) -> np.ndarray:
+    """Deviations with per-channel maxima 4 (channel 0) and 2**900 (channel 1), whatever the shape."""
+    shape = (3, 2) if ndim == 2 else (2, 2, 3, 3)
+    x_mu = np.ones(shape)
+    x_mu[:, 1] = -(2.0**900)
+    x_mu[(1, 0) + (0,) * (ndim - 2)] = -4.0  # one entry per channel-0 slice is the largest
+    return x_mu
+
+
+def _path_2(ndim: int, channel_0: float) -> np.ndarray:
+    shape = (3, 2) if ndim == 2 else (2, 2, 3, 3)
+    p = np.zeros(shape)
+    p[(0, 0) + (1,) * (ndim - 2)] = -channel_0
+    p[:, 1] = 2.0**700
+    return p
+
+
+LOSS_IN_FIRST_LINK = _chain([1.0, 1.0], [0.0, 1.0], [0.0, 1.0])  # 1 -> 0 in channel 0; then 0 -> 0
+
+
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_staged_nodes_refused_just_above_the_rounding_of_the_other_path(ndim) -> None:
+    with pytest.raises(ValueError, match=f"^{_staged_message('b', 'channel 0')}$"):
+        check_staged_nodes(LOSS_IN_FIRST_LINK, STD, _x_mu(ndim), _path_2(ndim, 0.75 * AT_LIMIT))
+
+
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_staged_nodes_accepted_when_the_harm_equals_the_rounding_of_the_other_path(ndim) -> None:
+    check_staged_nodes(LOSS_IN_FIRST_LINK, STD, _x_mu(ndim), _path_2(ndim, AT_LIMIT))
+
+
+def test_staged_nodes_accepted_when_the_other_path_is_four_times_larger() -> None:
+    check_staged_nodes(LOSS_IN_FIRST_LINK, STD, _x_mu(2), _path_2(2, 4 * AT_LIMIT))
+
+
+def test_staged_nodes_first_underflow_is_named_when_it_is_in_a_later_link() -> None:
+    nodes = _chain([1.0, 1.0], [0.5, 1.0], [TINY / 2, 1.0])  # normal, then subnormal
+    with pytest.raises(ValueError, match=f"^{_staged_message('c', 'channel 0')}$"):
+        check_staged_nodes(nodes, STD, _x_mu(2), _path_2(2, 0.0))
+
+
+def test_staged_nodes_both_channels_listed() -> None:
+    nodes = _chain([1.0, -3.0], [0.0, 0.0])
+    with pytest.raises(ValueError, match=f"^{_staged_message('b', 'channels 0, 1')}$"):
+        check_staged_nodes(nodes, np.ones(2), np.ones((2, 2)), np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        ([1.0, 1.0], [TINY, 1.0]),  # the smallest normal number is no loss
+        ([0.0, 1.0], [0.0, 1.0]),  # a zero that stays zero lost nothing
+        ([2.0, 1.0], [1.0, 1.0]),  # all normal
+        ([1.0, 1.0], [1.0, 1.0], [1.0, 1.0]),
+    ],
+    ids=["tiny-is-normal", "zero-stays-zero", "normal", "three-normal"],
+)
+def test_staged_nodes_without_a_loss_are_accepted(columns) -> None:
+    # Harm would be far above the threshold (path_2 is zero): only the absence of a loss accepts.
+    # std 0 would divide by zero (an error under the suite's warning filter): nothing is lost,
+    # so nothing about the harm is computed.
+    check_staged_nodes(_chain(*columns), np.array([0.0, 1.0]), np.ones((2, 2)), np.zeros((2, 2)))
+
+
+def test_staged_nodes_loss_in_a_channel_that_cannot_harm_dx_is_accepted() -> None:
+    """Channel 1 loses a node but its harm is below its threshold; channel 0 loses nothing
+    but its harm is far above its (zero) threshold: neither is refused."""
+    nodes = _chain([1.0, 1.0], [1.0, 0.0])
+    path_2 = np.array([[0.0, 2.0**60]])
+    check_staged_nodes(nodes, np.ones(2), np.ones((1, 2)), path_2)
+
+
+# ------------------------------------------------ bnlit._validate._overlaps (through output)
+# Contract: an ``out`` that may share memory with an array the call reads is refused; when
+# NumPy cannot decide within its work budget (TooHardError), bnlit refuses too (it cannot
+# prove the buffers apart), rather than spend unbounded time on an exact answer.
+
+def _hard_case() -> tuple[np.ndarray, np.ndarray]:
+    """A 4-D strided view and a 21-value ``out`` lying in its address range but on none of
+    its values: NumPy's exact answer is "disjoint", reached only past a budget of 10000."""
+    buf = np.zeros(400_000)
+    x = np.lib.stride_tricks.as_strided(buf, shape=(3, 19, 22, 39), strides=(61376, 9152, 69656, 22728))
+    return x, buf[84907:84907 + 21]
+
+
+def test_out_refused_when_numpy_cannot_tell_within_its_budget() -> None:
+    x, out = _hard_case()
+    assert np.may_share_memory(out, x) and not np.shares_memory(out, x)  # the premise, exactly
+    with pytest.raises(np.exceptions.TooHardError if hasattr(np, "exceptions") else np.TooHardError):
+        np.shares_memory(out, x, max_work=10_000)
+    with pytest.raises(ValueError, match="^out must not share memory with x$"):
+        output(out, np.empty(21), "out", {"x": x})
+
+
+def test_out_in_a_gap_of_a_simple_strided_view_is_accepted() -> None:
+    buf = np.zeros(100)
+    x = buf[::10]  # values 0, 10, 20, ...: out at 11..19 touches none
+    out = buf[11:20]
+    assert output(out, np.empty(9), "out", {"x": x}) is out
+
+
+# ------------------------------------------------ BatchNormalization._corrected
+# Contract (corrected_moving_statistics): after k steps,
+# (moving - rho**k * start) / (1 - rho**k), the variance clipped at 0.
+
+def test_corrected_variance_is_clipped_at_zero_not_above() -> None:
+    bn = BatchNormalization(np.ones(2), np.zeros(2), rho=0.5, moving_mean=[0.0, 0.0], moving_var=[4.0, 4.0],
+                            bias_correction=True)
+    bn.forward(np.array([[1.0, 2.0], [3.0, 2.0]]))  # batch mean [2, 2]: moving_mean [1, 1]
+    bn.moving_var = np.array([1.0, 2.25])  # rebound: (1 - 2) / 0.5 = -2 -> 0;  (2.25 - 2) / 0.5 = 0.5
+    mean, var = bn.corrected_moving_statistics()
+    np.testing.assert_array_equal(mean, [2.0, 2.0])
+    np.testing.assert_array_equal(var, [0.0, 0.5])
+
+
+def test_corrected_statistics_after_two_and_three_steps_are_exact() -> None:
+    """rho 0.5, start (0, 8), the same batch each step (mean 2, variance 1): the moving mean
+    after k steps is 2 (1 - 2**-k), the moving variance 8 * 2**-k + (1 - 2**-k); corrected, 2 and 1."""
+    bn = BatchNormalization(np.ones(1), np.zeros(1), rho=0.5, moving_mean=[0.0], moving_var=[8.0],
+                            bias_correction=True)
+    x = np.array([[1.0], [3.0]])
+    for k in (1, 2, 3):
+        bn.forward(x)
+        np.testing.assert_array_equal(bn.moving_mean, [2 * (1 - 2.0**-k)])
+        np.testing.assert_array_equal(bn.moving_var, [8 * 2.0**-k + (1 - 2.0**-k)])
+        mean, var = bn.corrected_moving_statistics()
+        np.testing.assert_array_equal(mean, [2.0])
+        np.testing.assert_array_equal(var, [1.0])
+
+
+def test_corrected_statistics_refuse_moving_statistics_of_another_width() -> None:
+    bn = BatchNormalization(np.ones(2), np.zeros(2), bias_correction=True)
+    bn.forward(np.array([[1.0, 2.0], [3.0, 5.0]]))
+    bn.moving_mean, bn.moving_var = np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match=re.escape(
+        "bias_correction: the moving statistics have 3 channels but started with 2; "
+        "they were rebound to another layer's"
+    )):
+        bn.corrected_moving_statistics()
