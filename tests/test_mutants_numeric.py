@@ -182,3 +182,50 @@ def test_corrected_statistics_refuse_moving_statistics_of_another_width() -> Non
         "they were rebound to another layer's"
     )):
         bn.corrected_moving_statistics()
+
+
+# ------------------------------------------------ bnlit.engines.numpy.exact_grad_sums
+# Contract: per channel in ``chans``, sum(dout) and sum(dout * (x - mean)) in float64
+# without overflow or underflow of any product; NaN for a channel holding inf or NaN.
+# Three channels of wildly different magnitudes (each scaled by its own power of two),
+# one row per block; expected values summed exactly with fractions.
+
+def _grad_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    k = np.array([[-3.0, 1.0], [1.0, 2.0], [5.0, -1.0]])  # (N=3, S=2) small integers
+    j = np.array([[1.0, 2.0], [3.0, -2.0], [-1.0, 4.0]])
+    x3, dout3 = np.empty((3, 3, 2)), np.empty((3, 3, 2))
+    x3[:, 0], dout3[:, 0] = 1.0 + 2.0**-40 * k, 2.0**-1000 * j  # products near 2**-1040
+    x3[:, 1], dout3[:, 1] = 2.0**1020 * (6.0 + 0.5 * k), 2.0**-1000 * j  # x + mean would overflow
+    x3[:, 2], dout3[:, 2] = 2.0**-1000 * k, 2.0**1000 * j
+    return x3, dout3, np.array([1.0, 6.0 * 2.0**1020, 0.0])
+
+
+def _exact_sums(x3, dout3, mean, chans) -> tuple[list[float], list[float]]:
+    from fractions import Fraction as F
+    s1 = [float(sum(F(v) for v in dout3[:, c].ravel())) for c in chans]
+    s2 = [float(sum(F(d) * (F(x) - F(mean[c])) for d, x in zip(dout3[:, c].ravel(), x3[:, c].ravel())))
+          for c in chans]
+    return s1, s2
+
+
+@pytest.mark.parametrize("chans", [[0, 1, 2], [2, 0]], ids=["all", "subset"])
+def test_exact_grad_sums_equal_fraction_sums_across_magnitudes(monkeypatch, chans) -> None:
+    from bnlit.engines import numpy as kernels
+    monkeypatch.setattr(kernels, "BLOCK_BYTES", 48)  # one row of three channels per block
+    x3, dout3, mean = _grad_case()
+    s1, s2 = kernels.exact_grad_sums(x3, dout3, mean, np.array(chans, dtype=np.intp))
+    want1, want2 = _exact_sums(x3, dout3, mean, chans)
+    assert min(abs(v) for v in want2) > 0  # nothing cancels to zero by chance
+    np.testing.assert_array_equal(s1, want1)
+    np.testing.assert_array_equal(s2, want2)
+
+
+def test_exact_grad_sums_give_nan_only_where_dout_or_x_is_not_finite() -> None:
+    from bnlit.engines import numpy as kernels
+    x3, dout3, mean = _grad_case()
+    dout3[1, 0, 1] = np.inf  # channel 0: dout only
+    x3[0, 2, 0] = np.nan  # channel 2: x only
+    s1, s2 = kernels.exact_grad_sums(x3, dout3, mean, np.array([0, 1, 2], dtype=np.intp))
+    want1, want2 = _exact_sums(x3, dout3, mean, [1])
+    np.testing.assert_array_equal(s1, [np.nan, want1[0], np.nan])
+    np.testing.assert_array_equal(s2, [np.nan, want2[0], np.nan])
