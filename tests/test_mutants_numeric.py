@@ -229,3 +229,115 @@ def test_exact_grad_sums_give_nan_only_where_dout_or_x_is_not_finite() -> None:
     want1, want2 = _exact_sums(x3, dout3, mean, [1])
     np.testing.assert_array_equal(s1, [np.nan, want1[0], np.nan])
     np.testing.assert_array_equal(s2, [np.nan, want2[0], np.nan])
+
+
+# ------------------------------------------------ bnlit.engines.numpy.channel_stats_blockwise
+# Contract: per-channel mean and biased variance, whatever the blocks (whole rows, or one
+# row split by channels) and the drift; references summed exactly with fractions.
+
+def _fraction_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from fractions import Fraction as F
+    means, variances = [], []
+    for c in range(x3.shape[1]):
+        values = [F(v) for v in x3[:, c].ravel()]
+        m = sum(values) / len(values)
+        means.append(float(m))
+        variances.append(float(sum((v - m) ** 2 for v in values) / len(values)))
+    return np.array(means), np.array(variances)
+
+
+def _drifting(shape: tuple[int, int, int]) -> np.ndarray:
+    """Channel 0 near 2**30 (small integers on top), channel 1 constant 5, the rest near -3."""
+    n, c, s = shape
+    ints = (np.arange(n * c * s).reshape(shape) * 7) % 11 - 5.0
+    x3 = -3.0 + ints
+    x3[:, 0] = 2.0**30 + ints[:, 0]
+    x3[:, 1] = 5.0
+    return x3
+
+
+BLOCKWISE_CASES = {
+    # (shape, BLOCK_BYTES): blocks of 2, 2, 2 and 1 rows; s = 2 below C = 3
+    "rows": ((7, 3, 2), 96),
+    # one row of 5 channels split into blocks of 2, 2 and 1 channels
+    "split-channels": ((1, 5, 4), 64),
+    # 2-D input (s = 1), blocks of 2 rows
+    "2d": ((8, 3, 1), 48),
+}
+
+
+@pytest.mark.parametrize("case", BLOCKWISE_CASES)
+def test_channel_stats_blockwise_match_fraction_statistics(monkeypatch, case) -> None:
+    from bnlit.engines import numpy as kernels
+    shape, block_bytes = BLOCKWISE_CASES[case]
+    monkeypatch.setattr(kernels, "BLOCK_BYTES", block_bytes)
+    x3 = _drifting(shape)
+    assert len(list(kernels._blocks(x3))) >= 3  # the case really has several blocks
+    mean, var = kernels.channel_stats_blockwise(x3)
+    want_mean, want_var = _fraction_stats(x3)
+    assert mean[1] == 5.0 and var[1] == 0.0  # a constant channel: exact, and no variance
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-15)
+    np.testing.assert_allclose(var, want_var, rtol=1e-13)
+
+
+def test_channel_stats_blockwise_float32_whose_sums_overflow_float32(monkeypatch) -> None:
+    """Sums and squares beyond float32 (about 3.4e38) are taken again in float64, quietly
+    (the suite turns any floating-point warning into an error)."""
+    from bnlit.engines import numpy as kernels
+    monkeypatch.setattr(kernels, "BLOCK_BYTES", 32)  # blocks of 2 rows
+    x3 = np.array([3e38, 3e38, -1e38, 2e38, 3e38, 1e38], dtype=np.float32).reshape(6, 1, 1)
+    x3 = np.concatenate([x3, np.arange(6, dtype=np.float32).reshape(6, 1, 1)], axis=1)
+    mean, var = kernels.channel_stats_blockwise(x3)
+    want_mean, want_var = _fraction_stats(x3.astype(np.float64))
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-15)
+    np.testing.assert_allclose(var, want_var, rtol=1e-14)
+
+
+# ------------------------------------------------ bnlit.engines.numpy._exact_where_terms_are_large
+# Contract: with dx = scale * (dout + slope * (x - mean) + offset), scale = gamma * inv_std,
+# slope = -inv_std**2 * sum_dout_xmu / n, offset = -sum_dout / n (bnlit.stats), a channel's
+# float32 sums are taken again exactly (exact_grad_sums) where
+# |scale| * (|offset| + |slope| * sqrt(var * n)) > 2**120, and kept otherwise.
+# Here n = 4 (N 2, S 2), var 1 (sqrt(var * n) = 2), inv_std 2**60, gamma 1; the sums handed
+# in are made up, so that a kept channel shows them and a replaced one the true sums.
+
+GIVEN_SUM_DOUT = np.array([2.0**62, 2.0**63, 2.0**62, 0.0, 1.0])
+GIVEN_SUM_DOUT_XMU = np.array([0.0, 0.0, 2.0**-60, 2.0**-58, 2.0**-120])
+# terms: 2**120 (at the limit: kept), 2**121, 2**120 + 2**119, 2**121 (the slope part alone), 2**58 + 2**59
+
+
+def _terms_case() -> tuple[np.ndarray, np.ndarray]:
+    x3 = (np.arange(20, dtype=np.float32).reshape(2, 5, 2) % 7) - 3
+    dout3 = (np.arange(20, dtype=np.float32).reshape(2, 5, 2) % 5) - 1
+    return x3, dout3
+
+
+def _call_terms(gamma: np.ndarray, given_sum_dout: np.ndarray):
+    from bnlit.engines import numpy as kernels
+    from bnlit.stats import GradSums, Stats
+    x3, dout3 = _terms_case()
+    stats = Stats(np.zeros(5), np.ones(5), np.full(5, 2.0**60), False)
+    return kernels._exact_where_terms_are_large(
+        x3, dout3, stats, gamma, GradSums(given_sum_dout.copy(), GIVEN_SUM_DOUT_XMU.copy())
+    )
+
+
+def test_float32_sums_taken_again_exactly_only_where_terms_exceed_2_to_120() -> None:
+    x3, dout3 = _terms_case()
+    true_dout = dout3.astype(np.float64).sum(axis=(0, 2))
+    true_xmu = np.einsum("ncs,ncs->c", dout3.astype(np.float64), x3.astype(np.float64))  # mean 0
+    replaced = np.array([False, True, True, True, False])
+    assert not np.any(true_dout[replaced] == GIVEN_SUM_DOUT[replaced])  # a replacement shows
+    sums = _call_terms(np.ones(5), GIVEN_SUM_DOUT)
+    np.testing.assert_array_equal(sums.sum_dout, np.where(replaced, true_dout, GIVEN_SUM_DOUT))
+    np.testing.assert_array_equal(sums.sum_dout_xmu, np.where(replaced, true_xmu, GIVEN_SUM_DOUT_XMU))
+
+
+def test_float32_terms_beyond_2_to_176_are_refused_for_float32() -> None:
+    given = GIVEN_SUM_DOUT.copy()
+    given[3] = 2.0**119  # terms of channel 3: 2**60 * 2**117 + 2**121 > 2**176
+    with pytest.raises(ValueError, match=re.escape(
+        "dx cannot be computed in float32 in channel 3: its terms (gamma / std times dout) exceed "
+        "the range too far; use float64 data, a larger epsilon or a smaller dout"
+    )):
+        _call_terms(np.ones(5), given)
