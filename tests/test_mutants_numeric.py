@@ -195,9 +195,9 @@ def _grad_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     j = np.array([[1.0, 2.0], [3.0, -2.0], [-1.0, 4.0]])
     x3, dout3 = np.empty((3, 3, 2)), np.empty((3, 3, 2))
     x3[:, 0], dout3[:, 0] = 1.0 + 2.0**-40 * k, 2.0**-1000 * j  # products near 2**-1040
-    x3[:, 1], dout3[:, 1] = 2.0**1020 * (6.0 + 0.5 * k), 2.0**-1000 * j  # x + mean would overflow
+    x3[:, 1], dout3[:, 1] = 2.0**1021 * (5.0 + 0.25 * k), 2.0**-1000 * j  # x + mean would overflow
     x3[:, 2], dout3[:, 2] = 2.0**-1000 * k, 2.0**1000 * j
-    return x3, dout3, np.array([1.0, 6.0 * 2.0**1020, 0.0])
+    return x3, dout3, np.array([1.0, 5.0 * 2.0**1021, 0.0])
 
 
 def _exact_sums(x3, dout3, mean, chans) -> tuple[list[float], list[float]]:
@@ -223,7 +223,7 @@ def test_exact_grad_sums_equal_fraction_sums_across_magnitudes(monkeypatch, chan
 def test_exact_grad_sums_give_nan_only_where_dout_or_x_is_not_finite() -> None:
     from bnlit.engines import numpy as kernels
     x3, dout3, mean = _grad_case()
-    dout3[1, 0, 1] = np.inf  # channel 0: dout only
+    dout3[1, 0, 1], dout3[2, 0, 0] = np.inf, -np.inf  # channel 0: dout only (inf - inf, quietly)
     x3[0, 2, 0] = np.nan  # channel 2: x only
     s1, s2 = kernels.exact_grad_sums(x3, dout3, mean, np.array([0, 1, 2], dtype=np.intp))
     want1, want2 = _exact_sums(x3, dout3, mean, [1])
@@ -273,6 +273,11 @@ def test_channel_stats_blockwise_match_fraction_statistics(monkeypatch, case) ->
     monkeypatch.setattr(kernels, "BLOCK_BYTES", block_bytes)
     x3 = _drifting(shape)
     assert len(list(kernels._blocks(x3))) >= 3  # the case really has several blocks
+
+    def not_needed(*args):
+        raise AssertionError("exact_stats is for data out of range; this data is in range")
+
+    monkeypatch.setattr(kernels, "exact_stats", not_needed)
     mean, var = kernels.channel_stats_blockwise(x3)
     want_mean, want_var = _fraction_stats(x3)
     assert mean[1] == 5.0 and var[1] == 0.0  # a constant channel: exact, and no variance
@@ -341,3 +346,16 @@ def test_float32_terms_beyond_2_to_176_are_refused_for_float32() -> None:
         "the range too far; use float64 data, a larger epsilon or a smaller dout"
     )):
         _call_terms(np.ones(5), given)
+
+
+def test_float32_terms_that_overflow_float64_are_refused_quietly() -> None:
+    """inv_std 2**500 squared times a sum of 2**100 overflows float64: a refusal, and no
+    floating-point warning on the way (the suite turns warnings into errors)."""
+    from bnlit.engines import numpy as kernels
+    from bnlit.stats import GradSums, Stats
+    x3, dout3 = _terms_case()
+    inv_std = np.ones(5)
+    inv_std[2] = 2.0**500
+    sums = GradSums(np.ones(5), np.array([1.0, 1.0, 2.0**100, 1.0, 1.0]))
+    with pytest.raises(ValueError, match=re.escape("dx cannot be computed in float32 in channel 2: ")):
+        kernels._exact_where_terms_are_large(x3, dout3, Stats(np.zeros(5), np.ones(5), inv_std, False), np.ones(5), sums)
