@@ -22,7 +22,7 @@ help:
 	@echo "make test   run every test, including a strict build of the book"
 	@echo "make bench  time both engines against PyTorch (if installed); saves docs/data/benchmark.json"
 	@echo "make bench-distributed  time a synchronized step on 4 processes (MPI, torch) against one process"
-	@echo "make mutation  mutation score of the fast tests over bnlit/ (a benchmark of the tests, about an hour)"
+	@echo "make mutation  mutation score of the fast tests over bnlit/ (a benchmark of the tests, over an hour)"
 	@echo "make clean  remove build outputs;  make distclean  also remove $(VENV)"
 
 $(BIN)/python:
@@ -76,7 +76,7 @@ bench-distributed: $(VENV)/.installed
 # bug at a time in bnlit/ and runs the fast tests against each, in a scratch copy under
 # build/mutation; mutation/score.py then prints the score per module and every survivor
 # that is neither killed nor listed in mutation/equivalent.txt (exit 1 below 90% on a target
-# module). 4963 mutants: bnlit/exercise.py's 1559 alone take about 35 minutes on 2 cores (each
+# module). 5499 mutants; a whole run takes over an hour on 2 cores, bnlit/exercise.py's 1571 about 35 minutes (each
 # surviving one runs the ~140 checker tests, each of which forks the checker's child).
 # MUTANTS="bnlit.layer*" runs only the mutants whose names match (several patterns may be
 # given, space-separated). OMP_NUM_THREADS=1: mutmut forks one process per mutant, and
