@@ -2,8 +2,8 @@
 
 The NumPy engine replaces every whole step with its own, and the numba engine (which
 keeps them) is optional: an engine that implements only the four halves, here by
-borrowing the NumPy engine's, runs the base class's train_forward, backward and
-input_grad_from, checked against formulas written out with NumPy.
+borrowing the NumPy engine's, runs the base class's train_forward and backward,
+checked against formulas written out with NumPy.
 """
 
 from __future__ import annotations
@@ -67,23 +67,3 @@ def test_whole_steps_from_the_halves(shape, rng) -> None:
     np.testing.assert_allclose(sums.sum_dout, s1, rtol=1e-13)
     np.testing.assert_allclose(sums.sum_dout_xmu, s2, rtol=1e-13)
     np.testing.assert_allclose(got_dx, dx, rtol=1e-12, atol=1e-12)
-
-
-def test_input_grad_from_another_count(rng) -> None:
-    """A synchronized layer passes the whole batch's sums and count; by default the count
-    is the slice's own."""
-    x3, dout3 = rng.normal(size=(6, 2, 3)), rng.normal(size=(6, 2, 3))
-    gamma = np.array([1.5, -0.5])
-    engine = HalvesOnly()
-    stats = engine.train_forward(x3, gamma, np.zeros(2), 1e-8, np.empty_like(x3))
-    sums = engine.grad_sums(x3, dout3, stats.mean, stats.centred)
-    own, doubled = np.empty_like(x3), np.empty_like(x3)
-    engine.input_grad_from(x3, dout3, stats, gamma, sums, own)
-    # the same sums over a count twice as large: dx = gamma/std * (dout - (s1 + x_hat s2/std) / 2n)
-    engine.input_grad_from(x3, dout3, stats, gamma, sums, doubled, count=36)
-    std = 1 / stats.inv_std
-    x_hat = (x3 - stats.mean[:, None]) / std[:, None]
-    for got, n in ((own, 18), (doubled, 36)):
-        expected = (gamma / std)[:, None] * (
-            dout3 - (sums.sum_dout[:, None] + x_hat * (sums.sum_dout_xmu / std)[:, None]) / n)
-        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)

@@ -65,10 +65,8 @@ class Engine(ABC):
         return sums
 
     def input_grad_from(
-        self, x3: Array, dout3: Array, stats: Stats, gamma: F64, sums: GradSums, out3: Array, count: int = 0
+        self, x3: Array, dout3: Array, stats: Stats, gamma: F64, sums: GradSums, out3: Array
     ) -> None:
-        """Input gradient from given per-channel sums over a batch of ``count`` values a channel
-        (by default ``x3``'s own: a synchronized layer passes the whole batch's)."""
-        count = count or x3.shape[0] * x3.shape[2]
-        scale, slope, offset = input_grad_coefficients(stats, gamma, sums, count)
+        """Input gradient from given per-channel sums over ``x3``."""
+        scale, slope, offset = input_grad_coefficients(stats, gamma, sums, x3.shape[0] * x3.shape[2])
         self.input_grad(x3, dout3, stats.mean, scale, slope, offset, out3, stats.centred)
