@@ -57,12 +57,12 @@ def _reduce_axes(ndim: int) -> tuple[int, ...]:
 def _mean(a: NDArray[np.float64], axes: tuple[int, ...]) -> NDArray[np.float64]:
     """Per-channel mean of float64 ``a``. Should the sum overflow though every value is
     finite (values near the largest float), it is taken again about each channel's
-    first value: exact for a constant channel, and in range whenever the variance is."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        mean = a.mean(axis=axes, keepdims=True)
-        if not np.all(np.isfinite(mean)) and np.all(np.isfinite(a)):
-            first = a[tuple(slice(None) if k == 1 else slice(0, 1) for k in range(a.ndim))]
-            mean = first + (a - first).mean(axis=axes, keepdims=True)
+    first value: exact for a constant channel, and in range whenever the variance is.
+    Called inside :func:`staged_forward`'s ``errstate``, which keeps the overflow quiet."""
+    mean = a.mean(axis=axes, keepdims=True)
+    if not np.all(np.isfinite(mean)) and np.all(np.isfinite(a)):
+        first = a[tuple(slice(None) if k == 1 else slice(0, 1) for k in range(a.ndim))]
+        mean = first + (a - first).mean(axis=axes, keepdims=True)
     return mean
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -62,6 +63,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector) -> object:
     _fail_in_ci((yield).get_result())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `make mutation`, a mutant's tests run fastest first, by the durations mutmut
+    recorded in its stats run (in the working directory it runs from): mutmut stops at the
+    first failure, so a killed mutant rarely reaches the slow tests."""
+    if not os.environ.get("MUTANT_UNDER_TEST"):
+        return
+    try:
+        with open("mutmut-stats.json", encoding="utf-8") as f:
+            durations = json.load(f)["duration_by_test"]
+    except (OSError, ValueError, KeyError):
+        return
+    items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     engines = ENGINE_MODULES.get(metafunc.module.__name__.rsplit(".", 1)[-1])
     if engines:

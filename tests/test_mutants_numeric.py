@@ -359,3 +359,111 @@ def test_float32_terms_that_overflow_float64_are_refused_quietly() -> None:
     sums = GradSums(np.ones(5), np.array([1.0, 1.0, 2.0**100, 1.0, 1.0]))
     with pytest.raises(ValueError, match=re.escape("dx cannot be computed in float32 in channel 2: ")):
         kernels._exact_where_terms_are_large(x3, dout3, Stats(np.zeros(5), np.ones(5), inv_std, False), np.ones(5), sums)
+
+
+# ------------------------------------------------ bnlit.graph.staged_forward / staged_backward
+# Called directly (they are public), the staged graph computes quietly whatever it is given:
+# a variance or sum beyond float64 is its caller's to refuse (the layer does). Their mean
+# is corrected by its own rounding error per channel; the numbers below are exact by hand.
+
+def test_staged_forward_mean_of_values_near_the_largest_float_per_channel() -> None:
+    """Both channels' sums overflow, so the mean is taken again about each channel's own
+    first value: with opposite signs (a shared first value would overflow channel 1), and
+    spreads so unequal that subtracting the mean of the differences, or the mean taken over
+    both channels, would leave float64's range."""
+    import warnings
+    from fractions import Fraction
+
+    from bnlit import staged_forward
+    x = np.empty((2, 2, 1, 2))
+    x[:, 0] = [[[1.7e308, 1.0e308]]]
+    x[:, 1] = [[[-1.7e308, -1.6e308]]]
+    exact = [float(sum(Fraction(v) for v in x[:, c].ravel()) / 4) for c in (0, 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the variance overflows: quietly
+        f = staged_forward(x, np.ones(2), np.full(2, 0.25), 1e-5)
+    np.testing.assert_allclose(f.mu.ravel(), exact, rtol=2**-52)
+    assert not np.any(np.isfinite(f.var))
+
+
+def test_staged_forward_corrects_only_the_channel_whose_mean_rounded() -> None:
+    """Channel 0, 2**53 + (-4, 8, 8, -8): the float64 mean 2**53 is 1 below the true mean, and
+    the variance about the true mean is (25 + 49 + 49 + 81) / 4 = 51 (52 about 2**53).
+    Channel 1, (0, 1, 2, 5): mean 2 and variance 3.5, exact, so nothing of channel 0's
+    correction may reach it. 4-D, so that the channel axis is not the last one."""
+    from bnlit import staged_forward
+    x = np.empty((4, 2, 1, 1))
+    x[:, 0, 0, 0] = 2.0**53 + np.array([-4.0, 8.0, 8.0, -8.0])
+    x[:, 1, 0, 0] = [0.0, 1.0, 2.0, 5.0]
+    f = staged_forward(x, np.ones(2), np.zeros(2), 1e-5)
+    assert f.var.ravel().tolist() == [51.0, 3.5]
+    assert f.mu.ravel()[1] == 2.0
+    assert f.x_mu[:, 1].ravel().tolist() == [-2.0, -1.0, 0.0, 3.0]
+
+
+def test_staged_forward_corrects_a_rounded_mean_against_a_tiny_spread() -> None:
+    """2**20 + (0, 0, 2**-32): the mean rounds to 2**20, 2**-32 / 3 below the true one, and
+    the variance is 2**-64 * 2 / 9 (not 2**-64 / 3, taken about 2**20). That error is small
+    against the values but not against their spread, which is below one."""
+    from bnlit import staged_forward
+    x = 2.0**20 + np.array([[0.0], [0.0], [2.0**-32]])
+    f = staged_forward(x, np.ones(1), np.zeros(1), 0.0)
+    np.testing.assert_allclose(f.var.ravel(), [2.0**-64 * 2 / 9], rtol=1e-12)
+
+
+def _staged_case() -> tuple:
+    from bnlit import staged_forward
+    x = np.array([[1.0, -3.0], [2.0, 0.5], [4.0, 2.0], [-1.0, 8.0]])
+    gamma = np.array([1.5, -0.5])
+    return staged_forward(x, gamma, np.zeros(2), 1e-5), x, gamma
+
+
+def test_staged_backward_takes_a_new_gamma_or_keeps_the_forward_ones() -> None:
+    """The closed form dx = gamma / std * (dout - mean(dout) - x_std * mean(dout * x_std)),
+    computed here from x alone, with the forward pass's gamma (gamma=None) and a new one."""
+    from bnlit import staged_backward
+    f, x, gamma = _staged_case()
+    dout = np.array([[0.5, -1.0], [2.0, 0.25], [-1.5, 1.0], [0.75, 3.0]])
+    mean = x.mean(axis=0)
+    std = np.sqrt(((x - mean) ** 2).mean(axis=0) + 1e-5)
+    x_std = (x - mean) / std
+
+    def closed_form(g: np.ndarray) -> np.ndarray:
+        return g / std * (dout - dout.mean(axis=0) - x_std * (dout * x_std).mean(axis=0))
+
+    np.testing.assert_allclose(staged_backward(f, dout).grad_x, closed_form(gamma), rtol=1e-12, atol=1e-15)
+    new = np.array([-2.0, 3.0])
+    b = staged_backward(f, dout, new)
+    np.testing.assert_allclose(b.grad_x, closed_form(new), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(b.dgamma, (dout * x_std).sum(axis=0), rtol=1e-12)
+
+
+def test_staged_backward_sums_a_float32_dout_in_float64() -> None:
+    """100,000 float32 values: added in float32 one row at a time, their sum would be off by
+    about 1e-4 relative; every node is float64, so the sum is exact to float64's rounding."""
+    import math
+
+    from bnlit import staged_backward, staged_forward
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(100_000, 1)).astype(np.float32)
+    dout = rng.uniform(0.0, 1.0, size=(100_000, 1)).astype(np.float32)
+    f = staged_forward(x, np.ones(1), np.zeros(1), 1e-5)
+    b = staged_backward(f, dout)
+    exact = math.fsum(dout.ravel().tolist())
+    assert b.dbeta.dtype == b.grad_x.dtype == np.float64
+    assert abs(float(b.dbeta[0]) - exact) <= 1e-12 * exact
+
+
+@pytest.mark.parametrize("dout, quiet", [
+    ([1e308, 1e308, 1e308, 1e308], "dbeta overflows"),
+    ([1e308, 1e308, -1e308, -1e308], "inf - inf in dgamma's products"),
+])
+def test_staged_backward_is_quiet_when_its_sums_leave_float64(dout, quiet) -> None:
+    import warnings
+
+    from bnlit import staged_backward
+    f, _, _ = _staged_case()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = staged_backward(f, np.array(dout)[:, None] * np.ones(2))
+    assert not np.all(np.isfinite(b.grad_x)), quiet
