@@ -52,15 +52,17 @@ def change(diff: str) -> tuple[str, str]:
     return before, after
 
 
-def load_equivalent(path: Path) -> dict[tuple[str, str, str], str]:
+def load_equivalent(path: Path) -> dict[tuple[str, str], str]:
     listed = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
+        # The lines of code may hold " | " themselves: the function is the first field and
+        # the reason the last, and the middle is compared whole (before | after).
         parts = [p.strip() for p in line.split(" | ")]
-        if len(parts) != 4 or not parts[3]:
+        if len(parts) < 4 or not parts[-1]:
             sys.exit(f"{path}:{number}: expected 'function | before | after | reason', got {line!r}")
-        listed[tuple(parts[:3])] = parts[3]
+        listed[(parts[0], " | ".join(parts[1:-1]))] = parts[-1]
     return listed
 
 
@@ -70,7 +72,7 @@ def main(workdir: Path) -> int:
     from mutmut.stats import status_by_exit_code
 
     listed = load_equivalent(HERE / "equivalent.txt")
-    used: set[tuple[str, str, str]] = set()
+    used: set[tuple[str, str]] = set()
     counts: dict[str, Counter] = defaultdict(Counter)
     unlisted: list[tuple[str, str]] = []
     for meta in sorted(Path("mutants").rglob("*.py.meta")):
@@ -88,7 +90,7 @@ def main(workdir: Path) -> int:
                 counts[module]["killed"] += 1
                 continue
             diff = get_diff_for_mutant(mutant, path=Path(module))
-            key = (function_of(mutant), *change(diff))
+            key = (function_of(mutant), " | ".join(change(diff)))
             if key in listed:
                 used.add(key)
                 counts[module]["equivalent"] += 1
