@@ -215,7 +215,8 @@ def check_statistics(mean: F64, var: F64, inv_std: F64, epsilon: float) -> None:
             f"the variance of x is too large for float64 in {_channels(too_large)} "
             f"(bnlit accepts variances below 2**1000, about 1e301); scale the data down"
         )
-    too_small = finite & (var + epsilon < 1.0 / LARGEST_VAR)
+    with np.errstate(over="ignore"):  # epsilon near float64's largest: check_sum_fits says so below
+        too_small = finite & (var + epsilon < 1.0 / LARGEST_VAR)
     if np.any(too_small):
         raise ValueError(
             f"var + epsilon is too small for float64 in {_channels(too_small)} (below 2**-1000, "

@@ -228,6 +228,20 @@ def test_set_num_threads(num_threads) -> None:
             _threads.set_num_threads(bad)
         assert str(info.value) == f"the number of threads must be at least 1; got {bad}"
         assert _threads.get_num_threads() == 1
+    for bad, shown in ((2.0, "2.0 (float)"), ("2", "'2' (str)"), (True, "True (bool)")):
+        with pytest.raises(TypeError) as info:
+            _threads.set_num_threads(bad)
+        assert str(info.value) == f"the number of threads must be a whole number (int); got {shown}"
+
+
+def test_setting_the_same_thread_count_keeps_the_pool(num_threads) -> None:
+    """Only a new count replaces the pool: setting the count it has keeps its threads."""
+    num_threads(2)
+    _threads.run_split(lambda g: None, list(range(4)), 2)
+    pool = _threads._pool
+    assert pool is not None
+    num_threads(2)
+    assert _threads._pool is pool
 
 
 def test_centred_decision() -> None:

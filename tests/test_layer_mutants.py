@@ -1,0 +1,178 @@
+"""Layer-level contracts that a mutation run (``make mutation``) found untested.
+
+Each test drives the public layer (default, staged and synchronized paths) into a
+documented refusal or a documented acceptance, with numbers chosen by hand (powers
+of two where exactness matters), and checks the whole message or the values.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+from bnlit import BatchNormalization
+from bnlit.distributed import ThreadGroup
+
+LARGEST = float(np.finfo(np.float64).max)
+
+
+# ------------------------------------------------------------ var + epsilon beyond float64
+# Channel 0's variance is 1e300 (below bnlit's limit 2**1000), channel 1's is 1.25; with
+# epsilon at float64's largest, var + epsilon overflows in channel 0 only. The refusal is
+# quiet (no RuntimeWarning on the way: the suite turns warnings into errors).
+SUM_OVERFLOWS = "var + epsilon overflows float64 in channel 0; use a smaller epsilon"
+X_WIDE = np.array([[1e150, 1.0], [-1e150, 2.0], [1e150, 3.0], [-1e150, 4.0]])
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_training_refuses_var_plus_epsilon_beyond_float64(staged) -> None:
+    bn = BatchNormalization(np.ones(2), np.zeros(2), epsilon=LARGEST, staged=staged)
+    with pytest.raises(ValueError, match=f"^{re.escape(SUM_OVERFLOWS)}$"):
+        bn.forward(X_WIDE)
+    assert bn.moving_mean is None
+
+
+def test_prediction_refuses_var_plus_epsilon_beyond_float64() -> None:
+    bn = BatchNormalization(np.ones(2), np.zeros(2), epsilon=LARGEST,
+                            moving_mean=np.zeros(2), moving_var=np.array([1e300, 1.25]))
+    with pytest.raises(ValueError, match=f"^{re.escape(SUM_OVERFLOWS)}$"):
+        bn.forward(X_WIDE, train_flg=False)
+
+
+def test_prediction_with_a_large_but_finite_var_plus_epsilon_is_accepted() -> None:
+    """1e300 + 1e300 fits: inv_std is 1/sqrt(2e300), not zero, and nothing is refused."""
+    bn = BatchNormalization(np.ones(2), np.zeros(2), epsilon=1e300,
+                            moving_mean=np.zeros(2), moving_var=np.array([1e300, 1.25]))
+    out = bn.forward(X_WIDE, train_flg=False)
+    np.testing.assert_allclose(out[:, 0], X_WIDE[:, 0] / np.sqrt(2e300), rtol=1e-15)
+
+
+# ------------------------------------------------------------ staged backward
+X4 = np.array([[1.0, -3.0], [2.0, 0.5], [4.0, 2.0], [-1.0, 8.0]])
+DOUT4 = np.array([[0.5, -1.0], [2.0, 0.25], [-1.5, 1.0], [0.75, 3.0]])
+
+
+def _closed_form_dx(x: np.ndarray, dout: np.ndarray, gamma: np.ndarray, eps: float = 1e-8) -> np.ndarray:  # the layer's epsilon
+    mean = x.mean(axis=0)
+    std = np.sqrt(((x - mean) ** 2).mean(axis=0) + eps)
+    x_std = (x - mean) / std
+    return gamma / std * (dout - dout.mean(axis=0) - x_std * (dout * x_std).mean(axis=0))
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_backward_uses_gamma_as_it_is_at_the_backward_call(staged) -> None:
+    """The layer reads gamma at every call: rebound between forward and backward, dx
+    follows the new gamma (the closed form, computed here by hand), on both paths."""
+    bn = BatchNormalization(np.array([1.5, -0.5]), np.zeros(2), staged=staged)
+    bn.forward(X4)
+    bn.gamma = np.array([-2.0, 3.0])
+    dx = bn.backward(DOUT4)
+    np.testing.assert_allclose(dx, _closed_form_dx(X4, DOUT4, np.array([-2.0, 3.0])), rtol=1e-12, atol=1e-15)
+
+
+def _staged_underflow_message(node: str) -> str:
+    return (f"the staged graph's node {node} underflows float64 in channel 0 (x's spread and dout are too "
+            f"many orders of magnitude apart); the default path (staged=False) computes this backward")
+
+
+@pytest.mark.parametrize("spread, dout, node", [
+    # grad_std = -grad_std_inv / std**2: dout * spread * 4 / 1e280 underflows first.
+    (1e140, 1e-300, "grad_std"),
+    # Spread 1 (x = +-1): grad_var = -3 * 2**-1022 is normal, grad_x_mu_sq = grad_var / 4 is not.
+    (1.0, 1.5 * 2.0**-1022, "grad_x_mu_sq"),
+])
+def test_staged_backward_names_the_first_node_that_underflows(spread, dout, node) -> None:
+    x = np.array([[spread, 1.0], [-spread, 2.0], [spread, 3.0], [-spread, 5.0]])
+    d = np.array([[dout, 1.0], [-dout, -1.0], [dout, 0.5], [-dout, 0.25]])
+    bn = BatchNormalization(np.ones(2), np.zeros(2), staged=True)
+    bn.forward(x)
+    with pytest.raises(ValueError, match=f"^{re.escape(_staged_underflow_message(node))}$"):
+        bn.backward(d)
+    assert bn.dgamma is None
+    np.testing.assert_allclose(BatchNormalization(np.ones(2), np.zeros(2)).forward(x)[:, 1],
+                               bn.forward(x)[:, 1])  # the layer works on
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_channel_with_infinite_gamma_propagates_through_backward(staged) -> None:
+    """NaN or infinity in gamma is the caller's data: it propagates into its channel's dx
+    (no refusal as an overflow), and the other channel is exact."""
+    gamma = np.array([np.inf, 1.0])
+    bn = BatchNormalization(gamma, np.zeros(2), staged=staged)
+    bn.forward(X4)
+    dx = bn.backward(DOUT4)
+    assert not np.any(np.isfinite(dx[:, 0]))
+    np.testing.assert_allclose(dx[:, 1], _closed_form_dx(X4, DOUT4, np.array([1.0, 1.0]))[:, 1], rtol=1e-12)
+
+
+# float32 data, 16 rows of s * (+1, -1), epsilon 1e-30 (so std = s and x_std = +-1), gamma G:
+# dout = D * x_std gives dgamma = 16 D, dbeta = 0, and dx's terms (gamma / std) * |dgamma| / std
+# / 16 * sqrt(16 s**2) = 4 G D / s; dout = D everywhere gives dbeta = 16 D and terms G / s * D.
+# The staged path refuses float32 terms above 2**176 (the exact dx is 0 either way).
+SIGN = np.array([1.0, -1.0] * 8)[:, None]
+TERMS_TOO_LARGE = ("dx cannot be computed in float32 in channel 0: its terms (gamma / std times dout) "
+                   "exceed the range too far; use float64 data, a larger epsilon or a smaller dout")
+
+
+@pytest.mark.parametrize("gamma_exp, dout_exp, spread, constant, accepted", [
+    (85, 84, 1.0, False, True),      # 4 * 2**85 * 2**84 = 2**171
+    (85, 84, 2.0**-8, False, False),  # 2**171 * 2**8 = 2**179
+    (85, 88, 1.0, True, True),       # 2**85 * 2**88 = 2**173
+    (85, 92, 1.0, True, False),      # 2**177
+])
+def test_staged_float32_backward_refuses_terms_beyond_2_to_176(gamma_exp, dout_exp, spread, constant, accepted) -> None:
+    x = (spread * SIGN).astype(np.float32)
+    dout = (2.0**dout_exp * (np.ones_like(SIGN) if constant else SIGN)).astype(np.float32)
+    bn = BatchNormalization(np.array([2.0**gamma_exp]), np.zeros(1), epsilon=1e-30, staged=True)
+    bn.forward(x)
+    if accepted:
+        dx = bn.backward(dout)
+        assert dx.dtype == np.float32 and np.all(dx == 0)
+    else:
+        with pytest.raises(ValueError, match=f"^{re.escape(TERMS_TOO_LARGE)}$"):
+            bn.backward(dout)
+
+
+# ------------------------------------------------------------ synchronized layers
+def test_synchronized_forward_refuses_the_whole_batch_variance() -> None:
+    """Each worker's slice (1e160, -1e160) has variance 1e320 beyond float64: every worker
+    refuses with the variance message (not a TypeError from the check)."""
+    def work(comm):
+        return BatchNormalization(np.ones(1), np.zeros(1), comm=comm).forward(np.array([[1e160], [-1e160]]))
+
+    results = ThreadGroup(2, timeout=5).run(work, return_exceptions=True)
+    for err in results:
+        assert isinstance(err, ValueError)
+        assert str(err) == ("the variance of x is too large for float64 in channel 0 (bnlit accepts "
+                            "variances below 2**1000, about 1e301); scale the data down")
+
+
+def test_synchronized_float32_backward_keeps_float32_and_refuses_its_terms() -> None:
+    """Two workers of 8 rows each make the 16-row batch above: float32 gradients stay
+    float32, and terms of 2**179 are refused for float32 as on one layer."""
+    def work(comm, spread: float):
+        rows = slice(comm.rank * 8, comm.rank * 8 + 8)
+        bn = BatchNormalization(np.array([2.0**85]), np.zeros(1), epsilon=1e-30, comm=comm)
+        bn.forward((spread * SIGN[rows]).astype(np.float32))
+        dx = bn.backward((2.0**84 * SIGN[rows]).astype(np.float32))
+        return dx.dtype, bn.dgamma.dtype, bn.dbeta.dtype, float(bn.dgamma[0])
+
+    fine = ThreadGroup(2, timeout=5).run(lambda comm: work(comm, 1.0))
+    assert fine == [(np.float32, np.float32, np.float32, 16 * 2.0**84)] * 2
+    refused = ThreadGroup(2, timeout=5).run(lambda comm: work(comm, 2.0**-8), return_exceptions=True)
+    assert [str(e) for e in refused] == [TERMS_TOO_LARGE] * 2
+
+
+def test_like_pytorch_passes_its_communicator_on() -> None:
+    def work(comm):
+        bn = BatchNormalization.like_pytorch(2, comm=comm)
+        return bn.comm is comm, bn.forward(np.array([[float(comm.rank), 1.0], [2.0, 3.0]])).tolist()
+
+    (same_0, out_0), (same_1, out_1) = ThreadGroup(2, timeout=5).run(work)
+    assert same_0 and same_1
+    # The whole batch (0, 2, 1, 2) in channel 0 has mean 1.25 and variance 0.6875: synchronized.
+    np.testing.assert_allclose([out_0[0][0], out_1[0][0]], [(0 - 1.25) / np.sqrt(0.6875 + 1e-5),
+                                                            (1 - 1.25) / np.sqrt(0.6875 + 1e-5)], rtol=1e-12)
