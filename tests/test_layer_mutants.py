@@ -176,3 +176,66 @@ def test_like_pytorch_passes_its_communicator_on() -> None:
     # The whole batch (0, 2, 1, 2) in channel 0 has mean 1.25 and variance 0.6875: synchronized.
     np.testing.assert_allclose([out_0[0][0], out_1[0][0]], [(0 - 1.25) / np.sqrt(0.6875 + 1e-5),
                                                             (1 - 1.25) / np.sqrt(0.6875 + 1e-5)], rtol=1e-12)
+
+
+# ------------------------------------------------------------ backward's refusals, named
+SUMS_OVERFLOW = ("the per-channel gradient sums overflow float64 in channel 0 (dout, or dout times the "
+                 "centred input, is too large); scale dout down")
+X_SPREAD = np.array([[1e150, 1.0], [-1e150, 2.0], [1e150, 3.0], [-1e150, 5.0]])
+DOUT_HUGE = np.array([[1e200, 1.0], [-1e200, -1.0], [1e200, 0.5], [-1e200, 0.25]])  # sum(dout * x_mu) ~ 4e350
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_backward_refuses_gradient_sums_beyond_float64_by_channel(staged) -> None:
+    bn = BatchNormalization(np.ones(2), np.zeros(2), staged=staged)
+    bn.forward(X_SPREAD)
+    with pytest.raises(ValueError, match=f"^{re.escape(SUMS_OVERFLOW)}$"):
+        bn.backward(DOUT_HUGE)
+    assert bn.dgamma is None
+
+
+def test_synchronized_backward_refuses_a_workers_own_gradient_sums_beyond_float64() -> None:
+    """Worker 0's own sums overflow: it refuses with the message, worker 1 with PeerError."""
+    def work(comm):
+        rows = slice(2 * comm.rank, 2 * comm.rank + 2)
+        bn = BatchNormalization(np.ones(2), np.zeros(2), comm=comm)
+        bn.forward(X_SPREAD[rows])
+        d = DOUT_HUGE[rows].copy()
+        if comm.rank == 1:
+            d[:, 0] = 1.0
+        return bn.backward(d)
+
+    own, peer = ThreadGroup(2, timeout=5).run(work, return_exceptions=True)
+    assert type(own) is ValueError and str(own) == SUMS_OVERFLOW
+    assert type(peer).__name__ == "PeerError" and "worker 0 refused" in str(peer)
+
+
+def test_out_sharing_memory_with_the_given_dout_before_conversion_is_named() -> None:
+    """A float64 dout for a float32 layer is converted; an out that overlaps the caller's
+    float64 array (not the converted copy) is refused under the name the caller knows."""
+    buf = np.zeros(16)
+    dout = buf[:8].reshape(4, 2)
+    dout[:] = 1.0
+    out = buf.view(np.float32)[:8].reshape(4, 2)
+    bn = BatchNormalization(np.ones(2), np.zeros(2))
+    bn.forward(np.arange(8, dtype=np.float32).reshape(4, 2))
+    with pytest.raises(ValueError, match="^out must not share memory with the given dout, which the call reads$"):
+        bn.backward(dout, out=out)
+
+
+def test_a_masked_dout_is_refused_by_name() -> None:
+    bn = BatchNormalization(np.ones(2), np.zeros(2))
+    bn.forward(X4)
+    with pytest.raises(TypeError, match=re.escape(
+        "dout is a masked array, and bnlit does not apply masks; pass dout.filled(fill_value) "
+        "or only the values that count"
+    )):
+        bn.backward(np.ma.masked_array(DOUT4))
+
+
+def test_staged_float64_backward_accepts_terms_beyond_2_to_176() -> None:
+    """The 2**176 limit is float32's: in float64 the case refused above (2**179) is fine."""
+    bn = BatchNormalization(np.array([2.0**85]), np.zeros(1), epsilon=1e-30, staged=True)
+    bn.forward(2.0**-8 * SIGN)
+    dx = bn.backward(2.0**84 * SIGN)
+    assert dx.dtype == np.float64 and np.all(dx == 0)

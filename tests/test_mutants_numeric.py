@@ -467,3 +467,38 @@ def test_staged_backward_is_quiet_when_its_sums_leave_float64(dout, quiet) -> No
         warnings.simplefilter("error")
         b = staged_backward(f, np.array(dout)[:, None] * np.ones(2))
     assert not np.all(np.isfinite(b.grad_x)), quiet
+
+
+# ------------------------------------------------ bnlit._validate.check_gradient_sums / check_result_terms
+# Five channels of overflowed sums, each with one reason to propagate instead of refusing,
+# and one plain channel: only the overflows from finite numbers are named.
+def test_gradient_sums_refused_only_where_every_input_is_finite() -> None:
+    from bnlit._validate import check_gradient_sums
+    inf = np.inf
+    sum_dout = np.array([inf, 1.0, inf, inf, inf, 2.0])
+    sum_dout_xmu = np.array([1.0, 1.0, 1.0, 1.0, 1.0, -inf])
+    mean = np.array([0.0, 0.0, np.nan, 0.0, 0.0, 0.0])    # channel 2: x held NaN
+    gamma = np.array([1.0, 1.0, 1.0, inf, 1.0, 1.0])      # channel 3: gamma is infinite
+    dout = np.ones((3, 6, 2))
+    dout[1, 4, 0] = -inf                                   # channel 4: dout holds infinity
+    with pytest.raises(ValueError, match=re.escape(
+        "the per-channel gradient sums overflow float64 in channels 0, 5 (dout, or dout times the centred "
+        "input, is too large); scale dout down"
+    )):
+        check_gradient_sums((sum_dout, sum_dout_xmu), mean, dout, gamma)
+    sum_dout[0] = sum_dout_xmu[5] = 1.0  # the two refused channels fine: the rest propagates quietly
+    check_gradient_sums((sum_dout, sum_dout_xmu), mean, dout, gamma)
+
+
+def test_result_terms_at_the_float32_limit_are_accepted_and_overflow_is_quiet() -> None:
+    import warnings
+
+    from bnlit._validate import check_result_terms
+    one = np.ones(1)
+    check_result_terms(np.dtype(np.float32), 2.0**88 * one, 0 * one, 2.0**88 * one, one, 1)  # exactly 2**176
+    with pytest.raises(ValueError, match=re.escape("dx cannot be computed in float32 in channel 0")):
+        check_result_terms(np.dtype(np.float32), 2.0**88 * one, 0 * one, 2.0**89 * one, one, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=re.escape("dx cannot be computed in float64 in channel 0")):
+            check_result_terms(np.dtype(np.float64), 1e300 * one, 1e300 * one, 0 * one, one, 4)
