@@ -85,6 +85,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("bnlit_engine", engines, indirect=True, scope="module")
 
 
+@pytest.fixture(autouse=True)
+def fresh_checker_reference() -> None:
+    """Under a mutant of `make mutation`, the exercise checker computes its reference values
+    afresh in every test: they are cached per process, and a copy cached before the mutant
+    was active (mutmut's fork server) would hide every mutant of that computation. In the
+    stats run the cache stays, so only the first checker test is tied to the layer's code."""
+    if os.environ.get("MUTANT_UNDER_TEST") not in (None, "", "stats"):
+        import bnlit.exercise
+
+        bnlit.exercise._EXPECTED.clear()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def bnlit_engine(request: pytest.FixtureRequest):
     """The engine a module's layers use by default (through BNLIT_ENGINE), when

@@ -239,3 +239,62 @@ def test_staged_float64_backward_accepts_terms_beyond_2_to_176() -> None:
     bn.forward(2.0**-8 * SIGN)
     dx = bn.backward(2.0**84 * SIGN)
     assert dx.dtype == np.float64 and np.all(dx == 0)
+
+
+# ------------------------------------------------------------ the limits of the statistics, at equality
+@pytest.mark.parametrize("staged", [False, True])
+def test_var_plus_epsilon_at_2_to_minus_1000_is_accepted_and_below_it_refused(staged) -> None:
+    """epsilon = 3 * 2**-1002. Channel 0 is constant (var + epsilon below 2**-1000: refused);
+    channel 1 has variance 2**-1002 (var + epsilon exactly 2**-1000: accepted); channel 2
+    has variance 2**-1000 (accepted, though var - epsilon would be below the limit)."""
+    a, b = 2.0**-501, 2.0**-500
+    x = np.array([[1.0, a, b], [1.0, -a, -b]])
+    bn = BatchNormalization(np.ones(3), np.zeros(3), epsilon=3 * 2.0**-1002, staged=staged)
+    with pytest.raises(ValueError, match="^" + re.escape(
+        f"var + epsilon is too small for float64 in channel 0 (below 2**-1000, about 1e-301; epsilon is "
+        f"{3 * 2.0**-1002!r}); use a larger epsilon") + "$"):
+        bn.forward(x)
+    assert bn.moving_mean is None
+    x[:, 0] = [1.0, 3.0]  # channel 0 spread out: channels 1 and 2 pass as they are
+    bn.forward(x)
+    np.testing.assert_allclose(bn.moving_var, [0.1 * 1.0, 0.1 * 2.0**-1002, 0.1 * 2.0**-1000], rtol=1e-15)
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_variance_of_exactly_2_to_1000_is_refused_and_just_below_accepted(staged) -> None:
+    bn = BatchNormalization(np.ones(1), np.zeros(1), staged=staged)
+    with pytest.raises(ValueError, match="^" + re.escape(
+        "the variance of x is too large for float64 in channel 0 (bnlit accepts variances below 2**1000, "
+        "about 1e301); scale the data down") + "$"):
+        bn.forward(np.array([[2.0**500], [-(2.0**500)]]))  # variance 2**1000 exactly
+    np.testing.assert_allclose(bn.forward(np.array([[2.0**499], [-(2.0**499)]]))[:, 0], [1.0, -1.0])
+
+
+def test_a_moving_variance_of_zero_is_accepted_for_prediction() -> None:
+    bn = BatchNormalization(np.ones(2), np.zeros(2), epsilon=0.25, moving_mean=np.zeros(2),
+                            moving_var=np.array([0.0, 0.75]))
+    out = bn.forward(np.array([[1.0, 2.0], [2.0, 3.0]]), train_flg=False)
+    np.testing.assert_array_equal(out, [[2.0, 2.0], [4.0, 3.0]])  # x / sqrt(0.25) and x / sqrt(1)
+
+
+# ------------------------------------------------------------ messages that name what was wrong
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: BatchNormalization(np.ones(3), np.zeros(3), epsilon="a"), TypeError,
+     "epsilon must be a real number (int or float); got 'a' (str)"),
+    (lambda: BatchNormalization(np.ones(3), np.zeros(3), staged="yes"), TypeError,
+     "staged must be True or False; got 'yes' (str)"),
+    (lambda: BatchNormalization(np.ones(3), np.zeros(3)).forward(np.ma.masked_array(np.ones((2, 3)))), TypeError,
+     "x is a masked array, and bnlit does not apply masks; pass x.filled(fill_value) or only the values that count"),
+])
+def test_refusals_name_the_argument(make, error, message) -> None:
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        make()
+
+
+def test_a_read_only_out_is_refused_as_read_only() -> None:
+    out = np.zeros((2, 3))
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="^" + re.escape(
+        "out must be a writeable C-contiguous array of shape (2, 3) and dtype float64; got an array of "
+        "shape (2, 3) and dtype float64 that is read-only") + "$"):
+        BatchNormalization(np.ones(3), np.zeros(3)).forward(np.array([[1.0, 2, 3], [2, 3, 5]]), out=out)

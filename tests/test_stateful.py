@@ -489,9 +489,9 @@ BOUNDED = settings(max_examples=300, stateful_step_count=40, deadline=None, dera
 
 def test_layer_state_machine() -> None:
     """The bounded run of ``make test``: a fixed seed (derandomized), 300 sequences of up to 40 steps
-    (60 under ``make mutation``, where every surviving mutant runs it)."""
+    (30 under ``make mutation``, where every surviving mutant runs it)."""
     mutation = bool(os.environ.get("MUTANT_UNDER_TEST"))
-    run_state_machine_as_test(LayerMachine, settings=settings(BOUNDED, max_examples=60) if mutation else BOUNDED)
+    run_state_machine_as_test(LayerMachine, settings=settings(BOUNDED, max_examples=30) if mutation else BOUNDED)
 
 
 @pytest.mark.long
